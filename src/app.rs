@@ -1,0 +1,143 @@
+//! `hookrouter serve`: wiring the long-running pieces together.
+//!
+//! Owns startup (logging, rules, store, listener), the signal policy (SIGTERM
+//! or SIGINT drains: stop accepting, finish in-flight requests and commits,
+//! give running actions `--grace`; a second signal exits at once), and the
+//! order of shutdown. The pieces themselves live in `server`, `dispatch` and
+//! `store`.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::ServeArgs;
+use crate::config;
+use crate::dispatch::Dispatcher;
+use crate::server::{self, Ingress, Limits};
+use crate::store::Store;
+use crate::telemetry;
+
+/// Run the server until a signal stops it.
+pub fn run(args: &ServeArgs) -> ExitCode {
+    telemetry::init(args.log_format, &args.log_level);
+    raise_open_files_limit();
+    let loaded = match config::load(&args.rules.rules) {
+        Ok(l) => l,
+        Err(d) => {
+            for e in &d.errors {
+                tracing::error!(diagnostic = %e, "Invalid rules.");
+            }
+            eprint!("{}", d.render_text());
+            return ExitCode::from(1);
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!(diagnostic = %w, "Rule warning.");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    runtime.block_on(serve(args, loaded))
+}
+
+async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
+    let store = match Store::open(&args.data) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(path = %args.data.display(), error = %e, "Cannot open the data file.");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind(&args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %args.listen, error = %e, "Cannot listen.");
+            return ExitCode::from(2);
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| args.listen.clone(), |a| a.to_string());
+    let rules = Arc::new(ArcSwap::from_pointee(loaded.rules));
+    {
+        let set = rules.load();
+        tracing::info!(
+            addr = %addr,
+            sources = set.sources.len(),
+            rules = set.rules.len(),
+            data = %args.data.display(),
+            "Listening for webhooks."
+        );
+    }
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(shutdown.clone()));
+
+    let dispatcher = Dispatcher::new(rules.clone(), store.clone(), args.workers);
+    let dispatch_stop = CancellationToken::new();
+    let dispatch_task = tokio::spawn(dispatcher.run(dispatch_stop.clone(), args.grace));
+
+    let ingress = Arc::new(Ingress {
+        rules: rules.clone(),
+        store: store.clone(),
+        limits: Limits {
+            max_body: args.max_body,
+            dedup_window: args.dedup_window,
+            ..Limits::default()
+        },
+    });
+    server::run(listener, ingress, shutdown.clone()).await;
+    tracing::info!("Stopped accepting; draining actions.");
+    dispatch_stop.cancel();
+    let _ = dispatch_task.await;
+    if let Err(e) = store.close().await {
+        tracing::error!(error = %e, "Closing the data file failed.");
+    }
+    tracing::info!("Stopped.");
+    ExitCode::SUCCESS
+}
+
+/// First SIGTERM/SIGINT: drain. Second: exit now.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("Cannot install signal handlers.");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("Shutting down; a second signal exits at once.");
+    shutdown.cancel();
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::warn!("Second signal; exiting now.");
+    std::process::exit(130);
+}
+
+/// Each connection is a file descriptor: allow as many as the hard limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::debug!(error = %e, "Cannot raise the open-file limit.");
+    }
+}

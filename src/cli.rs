@@ -1,0 +1,387 @@
+//! The command line: flags, subcommands, output and exit codes.
+//!
+//! Owns clap's definitions and the mapping of every outcome to an exit code:
+//! 0 ok, 1 invalid rules or a failed check, 2 usage or I/O error. Each
+//! subcommand's work lives in its own module; this one only parses, calls
+//! and prints.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Diagnostics};
+use crate::dryrun;
+
+const AFTER_HELP: &str = "\
+Examples:
+  hookrouter --rules rules/                 serve the rules in rules/ on 0.0.0.0:9000
+  hookrouter check --rules rules/           validate rules and run their tests
+  hookrouter test --rules rules/ --source github --body push.json \\
+      --header 'X-GitHub-Event: push'       show what a request would do
+
+Exit codes: 0 ok, 1 invalid rules or failed check, 2 usage or I/O error.";
+
+/// Receive webhooks, verify them, store them, and route them to actions by
+/// YAML rules.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hookrouter",
+    version,
+    about,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve webhooks (the default command).
+    #[command(
+        after_help = "Example:\n  hookrouter serve --rules rules/ --listen 127.0.0.1:9000 --data /var/lib/hookrouter/hookrouter.redb"
+    )]
+    Serve(ServeArgs),
+    /// Load and compile rules and run their embedded tests; no network, no data file.
+    #[command(
+        after_help = "Examples:\n  hookrouter check --rules rules/\n  hookrouter check --rules rules/ --format json --deny-warnings"
+    )]
+    Check(CheckArgs),
+    /// Dry run one request: which rules match, exactly what each action would do, and why the others do not match.
+    #[command(
+        after_help = "Example:\n  hookrouter test --rules rules/ --source github --body push.json \\\n      --header 'X-GitHub-Event: push' --header 'X-GitHub-Delivery: 1'"
+    )]
+    Test(TestArgs),
+    /// Print the JSON Schema of the rule format.
+    #[command(after_help = "Example:\n  hookrouter schema > schemas/rules.schema.json")]
+    Schema,
+}
+
+/// Where the rules are.
+#[derive(Debug, Clone, Args)]
+pub struct RulesArg {
+    /// A rule file, or a folder searched recursively for *.yaml and *.yml. Repeatable.
+    #[arg(
+        long = "rules",
+        value_name = "PATH",
+        env = "HOOKROUTER_RULES",
+        value_delimiter = ','
+    )]
+    pub rules: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// Address for webhooks.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        env = "HOOKROUTER_LISTEN",
+        default_value = "0.0.0.0:9000"
+    )]
+    pub listen: String,
+    /// The redb data file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "HOOKROUTER_DATA",
+        default_value = "hookrouter.redb"
+    )]
+    pub data: PathBuf,
+    /// Address of the admin API and metrics; off unless given.
+    #[arg(long, value_name = "ADDR", env = "HOOKROUTER_ADMIN")]
+    pub admin: Option<String>,
+    /// Bearer token required by the admin API.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HOOKROUTER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// Log format.
+    #[arg(
+        long,
+        value_enum,
+        env = "HOOKROUTER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+    /// Log filter: a level (info, debug) or RUST_LOG-style directives.
+    #[arg(
+        long,
+        value_name = "FILTER",
+        env = "HOOKROUTER_LOG_LEVEL",
+        default_value = "info"
+    )]
+    pub log_level: String,
+    /// How long running actions may take to finish on shutdown.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+    /// Largest request body accepted.
+    #[arg(long, value_name = "BYTES", env = "HOOKROUTER_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
+    pub max_body: usize,
+    /// How long a delivered event's id is remembered for deduplication.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_DEDUP_WINDOW", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub dedup_window: std::time::Duration,
+    /// Actions running at once, across all rules.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HOOKROUTER_WORKERS",
+        default_value_t = 64
+    )]
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+    /// Fail (exit 1) on warnings too.
+    #[arg(long)]
+    pub deny_warnings: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    #[command(flatten)]
+    pub rules: RulesArg,
+    /// The source the request arrives at.
+    #[arg(long, value_name = "NAME")]
+    pub source: String,
+    /// The request body; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub body: PathBuf,
+    /// A request header, `Name: value`. Repeatable.
+    #[arg(long = "header", short = 'H', value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// A query parameter, `name=value`. Repeatable.
+    #[arg(long = "query", value_name = "PARAM")]
+    pub query: Vec<String>,
+    /// Check the signature too.
+    #[arg(long)]
+    pub verify: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: OutputFormat,
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve(cli.serve));
+    match command {
+        Command::Serve(args) => serve(&args),
+        Command::Check(args) => check(&args),
+        Command::Test(args) => test(&args),
+        Command::Schema => {
+            println!("{}", schema_json());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The JSON Schema of a rule file, as committed in `schemas/`.
+pub fn schema_json() -> String {
+    let schema = schemars::schema_for!(config::raw::FileConfig);
+    serde_json::to_string_pretty(&schema).unwrap_or_default()
+}
+
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::from(2)
+}
+
+fn require_rules(r: &RulesArg) -> Result<(), ExitCode> {
+    if r.rules.is_empty() {
+        return Err(usage_error(
+            "no rules given: pass --rules PATH (a file or a folder) or set HOOKROUTER_RULES",
+        ));
+    }
+    Ok(())
+}
+
+fn print_diagnostics(d: &Diagnostics, format: OutputFormat) {
+    match format {
+        OutputFormat::Text => {
+            eprint!("{}", d.render_text());
+            if d.has_errors() {
+                let n = d.errors.len();
+                eprintln!("{n} error{}", if n == 1 { "" } else { "s" });
+            }
+        }
+        OutputFormat::Json => {
+            let out = serde_json::json!({
+                "ok": false,
+                "errors": d.errors,
+                "warnings": d.warnings,
+            });
+            println!("{out}");
+        }
+    }
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    if let Err(code) = require_rules(&args.rules) {
+        return code;
+    }
+    let loaded = match config::load(&args.rules.rules) {
+        Ok(l) => l,
+        Err(d) => {
+            print_diagnostics(&d, args.format);
+            return ExitCode::from(1);
+        }
+    };
+    let outcomes = dryrun::run_tests(&loaded.rules);
+    let failed = outcomes.iter().filter(|o| !o.passed).count();
+    let warned = !loaded.warnings.is_empty();
+    let ok = failed == 0 && !(args.deny_warnings && warned);
+    match args.format {
+        OutputFormat::Json => {
+            let out = serde_json::json!({
+                "ok": ok,
+                "errors": [],
+                "warnings": loaded.warnings,
+                "files": loaded.files,
+                "sources": loaded.rules.sources.len(),
+                "rules": loaded.rules.rules.len(),
+                "tests": outcomes,
+            });
+            println!("{out}");
+        }
+        OutputFormat::Text => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            for o in &outcomes {
+                if o.passed {
+                    continue;
+                }
+                eprintln!(
+                    "error: {}: test {:?} failed: expected {:?}, matched {:?}",
+                    o.origin, o.name, o.expected, o.matched
+                );
+                for (rule, why) in &o.reasons {
+                    eprintln!("  {rule}: {why}");
+                }
+            }
+            let set = &loaded.rules;
+            println!(
+                "{} files, {} sources, {} rules, {} tests: {} passed, {} failed{}",
+                loaded.files.len(),
+                set.sources.len(),
+                set.rules.len(),
+                outcomes.len(),
+                outcomes.len() - failed,
+                failed,
+                if warned {
+                    format!(", {} warnings", loaded.warnings.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn test(args: &TestArgs) -> ExitCode {
+    if let Err(code) = require_rules(&args.rules) {
+        return code;
+    }
+    let loaded = match config::load(&args.rules.rules) {
+        Ok(l) => l,
+        Err(d) => {
+            print_diagnostics(&d, OutputFormat::Text);
+            return ExitCode::from(1);
+        }
+    };
+    let body = if args.body.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+    } else {
+        std::fs::read(&args.body)
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return usage_error(&format!("cannot read {}: {e}", args.body.display())),
+    };
+    let mut headers = http::HeaderMap::new();
+    for h in &args.headers {
+        let Some((name, value)) = h.split_once(':') else {
+            return usage_error(&format!("--header {h:?} is not `Name: value`"));
+        };
+        match (
+            http::HeaderName::from_bytes(name.trim().as_bytes()),
+            http::HeaderValue::from_str(value.trim()),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.append(n, v);
+            }
+            _ => return usage_error(&format!("--header {h:?} is not a valid header")),
+        }
+    }
+    let mut query = std::collections::BTreeMap::new();
+    for q in &args.query {
+        let (k, v) = q.split_once('=').unwrap_or((q.as_str(), ""));
+        query.insert(k.to_owned(), v.to_owned());
+    }
+    let req = dryrun::TryRequest {
+        source: args.source.clone(),
+        headers,
+        query,
+        body,
+        verify: args.verify,
+    };
+    match dryrun::run(&loaded.rules, &req) {
+        Ok(report) => {
+            match args.format {
+                OutputFormat::Text => print!("{}", dryrun::render_text(&report)),
+                OutputFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                ),
+            }
+            if matches!(report.signature, Some(Err(_))) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => usage_error(&e.to_string()),
+    }
+}
+
+fn serve(args: &ServeArgs) -> ExitCode {
+    if let Err(code) = require_rules(&args.rules) {
+        return code;
+    }
+    crate::app::run(args)
+}

@@ -1,0 +1,432 @@
+//! The dispatcher: from the stored delivery queue to actions that ran.
+//!
+//! Owns leasing due deliveries, the bounded worker pool (a global limit,
+//! plus a lane per action with `concurrency: N`, whose N workers take its
+//! deliveries in order of arrival), recording every attempt, the retry
+//! schedule (exponential backoff with ±20% jitter, `Retry-After` honoured),
+//! dead-lettering, and scheduling a rule's `on_failure` actions in the same
+//! transaction that records the death.
+//!
+//! The queue lives in the store, so a crash loses nothing: deliveries leased
+//! by a process that died are due again when the store reopens.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use rand::Rng as _;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actions::render::{self, Rendered};
+use crate::actions::{self, Outcome, Verdict};
+use crate::ingest::unix_ms;
+use crate::rules::{Action, ActionKind, RetryPolicy, Rule, RuleSet};
+use crate::store::{Attempt, FailureContext, Leased, NewDelivery, Next, Store};
+
+/// A lease outlives any action timeout; it only matters if a worker hangs,
+/// since a restart frees every lease of the dead process.
+const LEASE_MS: u64 = 24 * 3600 * 1000;
+/// Retry-After is honoured up to this long.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Longest idle sleep between looks at the queue.
+const IDLE: Duration = Duration::from_secs(1);
+
+/// A lane: the deliveries of one action with a `concurrency:` limit.
+type LaneKey = (String, u32, bool, u32);
+
+pub struct Dispatcher {
+    rules: Arc<ArcSwap<RuleSet>>,
+    store: Store,
+    client: reqwest::Client,
+    workers: Arc<Semaphore>,
+    max_in_flight: usize,
+    in_flight: AtomicUsize,
+    slot_freed: Notify,
+    lanes: Mutex<HashMap<LaneKey, mpsc::UnboundedSender<Leased>>>,
+    tracker: TaskTracker,
+}
+
+/// The delay before retry number `attempt` (1 = the first retry).
+pub fn backoff(
+    policy: &RetryPolicy,
+    attempt: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
+    let exp = 2u32.saturating_pow(attempt.saturating_sub(1).min(30));
+    let base = policy.backoff.saturating_mul(exp).min(policy.max_backoff);
+    let jittered = base.mul_f64(1.0 + jitter.clamp(-0.2, 0.2));
+    match retry_after {
+        Some(after) => jittered.max(after.min(MAX_RETRY_AFTER)),
+        None => jittered,
+    }
+}
+
+impl Dispatcher {
+    pub fn new(rules: Arc<ArcSwap<RuleSet>>, store: Store, workers: usize) -> Arc<Dispatcher> {
+        let workers = workers.max(1);
+        Arc::new(Dispatcher {
+            rules,
+            store,
+            client: actions::http::client(),
+            workers: Arc::new(Semaphore::new(workers)),
+            // Lease a little ahead of the workers so they never wait on the
+            // store, but not so far that a crash leaves much to re-run.
+            max_in_flight: workers * 4,
+            in_flight: AtomicUsize::new(0),
+            slot_freed: Notify::new(),
+            lanes: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// Lease and run deliveries until `shutdown`, then wait up to `grace` for
+    /// running actions. Unfinished ones stay leased in the store and are due
+    /// again at the next start.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let notified = self.store.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let room = self
+                .max_in_flight
+                .saturating_sub(self.in_flight.load(Ordering::Acquire));
+            if room == 0 {
+                tokio::select! {
+                    () = self.slot_freed.notified() => {}
+                    () = tokio::time::sleep(IDLE) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+            let now = unix_ms(SystemTime::now());
+            match self.store.lease_due(now, room, LEASE_MS).await {
+                Ok(batch) => {
+                    let full = batch.len() == room;
+                    for leased in batch {
+                        self.in_flight.fetch_add(1, Ordering::AcqRel);
+                        self.clone().dispatch(leased);
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Leasing deliveries failed; retrying in 1s.");
+                    tokio::select! {
+                        () = tokio::time::sleep(IDLE) => {}
+                        () = shutdown.cancelled() => break,
+                    }
+                    continue;
+                }
+            }
+            let next = self.store.read(|s| s.next_due_ms()).await.ok().flatten();
+            let wait = next.map_or(IDLE, |due| {
+                Duration::from_millis(due.saturating_sub(unix_ms(SystemTime::now()))).min(IDLE)
+            });
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(wait) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.lanes.lock().map(|mut l| l.clear()).ok();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                in_flight = self.in_flight.load(Ordering::Acquire),
+                "Grace period over; unfinished deliveries run again at the next start."
+            );
+        }
+    }
+
+    fn dispatch(self: Arc<Self>, leased: Leased) {
+        let set = self.rules.load_full();
+        let d = &leased.delivery;
+        let on_failure = d.on_failure.is_some();
+        let concurrency = set
+            .rule(&d.rule)
+            .and_then(|r| action_of(r, d.action, on_failure))
+            .and_then(|a| a.concurrency);
+        match concurrency {
+            Some(n) => {
+                let key = (d.rule.clone(), d.action, on_failure, n);
+                let sender = self.lane(key, n);
+                if let Err(mpsc::error::SendError(leased)) = sender.send(leased) {
+                    // The lane is gone (shutdown); run it under the global limit.
+                    self.spawn_global(leased);
+                }
+            }
+            None => self.spawn_global(leased),
+        }
+    }
+
+    fn spawn_global(self: Arc<Self>, leased: Leased) {
+        let this = self.clone();
+        self.tracker.spawn(async move {
+            let Ok(_permit) = this.workers.clone().acquire_owned().await else {
+                return;
+            };
+            this.execute(leased).await;
+        });
+    }
+
+    fn lane(self: &Arc<Self>, key: LaneKey, n: u32) -> mpsc::UnboundedSender<Leased> {
+        let Ok(mut lanes) = self.lanes.lock() else {
+            // A poisoned lock only follows a panic elsewhere; a fresh lane
+            // keeps the delivery moving.
+            return self.start_lane(n);
+        };
+        lanes
+            .entry(key)
+            .or_insert_with(|| self.start_lane(n))
+            .clone()
+    }
+
+    fn start_lane(self: &Arc<Self>, n: u32) -> mpsc::UnboundedSender<Leased> {
+        let (tx, rx) = mpsc::unbounded_channel::<Leased>();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        for _ in 0..n {
+            let rx = rx.clone();
+            let this = self.clone();
+            self.tracker.spawn(async move {
+                loop {
+                    // Holding the receiver lock while waiting hands deliveries
+                    // out strictly in order to whichever worker is free.
+                    let next = rx.lock().await.recv().await;
+                    match next {
+                        Some(leased) => this.execute(leased).await,
+                        None => break,
+                    }
+                }
+            });
+        }
+        tx
+    }
+
+    async fn execute(&self, leased: Leased) {
+        let started = Instant::now();
+        let at_ms = unix_ms(SystemTime::now());
+        let set = self.rules.load_full();
+        let d = &leased.delivery;
+        let on_failure = d.on_failure.is_some();
+        let rule = set.rule(&d.rule);
+        let action = rule.and_then(|r| action_of(r, d.action, on_failure));
+        let outcome = match (rule, action) {
+            (Some(rule), Some(action)) => self.attempt(&set, rule, action, &leased).await,
+            _ => Outcome::fail(
+                None,
+                format!(
+                    "rule {:?} or its action {} no longer exists",
+                    d.rule,
+                    d.action + 1
+                ),
+            ),
+        };
+        let attempt_no = d.attempts + 1;
+        let policy = action.map_or(RetryPolicy::NONE, |a| a.retry);
+        let next = match &outcome.verdict {
+            Verdict::Done => Next::Done,
+            Verdict::Fail => Next::Dead,
+            Verdict::Retry { .. } if attempt_no >= policy.attempts => Next::Dead,
+            Verdict::Retry { after } => {
+                let jitter = rand::rng().random_range(-0.2..=0.2);
+                let delay = backoff(&policy, attempt_no, *after, jitter);
+                Next::RetryAt(
+                    unix_ms(SystemTime::now())
+                        + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                )
+            }
+        };
+        let detail = set.redact(&outcome.detail);
+        let follow_ups = match (next, rule) {
+            (Next::Dead, Some(rule)) if !on_failure => {
+                failure_deliveries(rule, &leased, attempt_no, &detail)
+            }
+            _ => Vec::new(),
+        };
+        let verdict_text = match (&outcome.verdict, next) {
+            (Verdict::Done, _) => "ok",
+            (_, Next::RetryAt(_)) => "retry",
+            _ => "failed",
+        };
+        let event_id = &leased.event.id;
+        match next {
+            Next::Done => {
+                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = ?outcome.status, "Delivery done.")
+            }
+            Next::RetryAt(due) => {
+                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
+            }
+            Next::Dead => {
+                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, error = %detail, "Delivery dead.")
+            }
+        }
+        let attempt = Attempt {
+            at_ms,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            outcome: verdict_text.to_owned(),
+            status: outcome.status,
+            detail: (!detail.is_empty()).then_some(detail),
+        };
+        if let Err(e) = self
+            .store
+            .finish_with(d.id, attempt, next, follow_ups)
+            .await
+        {
+            // The lease stays; the delivery runs again after a restart.
+            tracing::error!(event_id = %event_id, delivery = d.id, error = %e, "Recording the attempt failed.");
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.slot_freed.notify_one();
+    }
+
+    async fn attempt(
+        &self,
+        set: &RuleSet,
+        rule: &Rule,
+        action: &Action,
+        leased: &Leased,
+    ) -> Outcome {
+        let d = &leased.delivery;
+        let failure = d.on_failure.as_ref().map(|f| failure_json(rule, f));
+        let ctx = render::context(&leased.event, &rule.name, failure.as_ref());
+        let rendered = match render::render(set, action, &ctx) {
+            Ok(r) => r,
+            Err(e) => return Outcome::fail(None, e.to_string()),
+        };
+        let event_id = &leased.event.id;
+        match rendered {
+            Rendered::Log { line } => {
+                tracing::info!(target: "hookrouter::action", event_id = %event_id, rule = %rule.name, "{}", set.redact(&line));
+                Outcome::done(None, String::new())
+            }
+            Rendered::Http(req) => {
+                let sign = match &action.kind {
+                    ActionKind::Http(h) => h.sign.as_ref(),
+                    _ => None,
+                };
+                let msg_id = format!("msg_{}_{}", leased.delivery.event_key, d.id);
+                actions::http::send(&self.client, &req, sign, &msg_id, action.timeout).await
+            }
+            Rendered::Shell(cmd) => {
+                let max_output = match &action.kind {
+                    ActionKind::Shell(s) => s.max_output,
+                    _ => 0,
+                };
+                let out = actions::shell::run(&cmd, action.timeout, max_output).await;
+                if !out.detail.is_empty() {
+                    tracing::info!(event_id = %event_id, rule = %rule.name, status = ?out.status, output = %set.redact(&out.detail), "Command finished.");
+                }
+                out
+            }
+        }
+    }
+}
+
+fn action_of(rule: &Rule, index: u32, on_failure: bool) -> Option<&Action> {
+    let list = if on_failure {
+        &rule.on_failure
+    } else {
+        &rule.actions
+    };
+    list.get(index as usize)
+}
+
+fn failure_json(rule: &Rule, f: &FailureContext) -> serde_json::Value {
+    let kind = rule
+        .actions
+        .get(f.action as usize)
+        .map_or("unknown", |a| a.kind.name());
+    serde_json::json!({
+        "delivery": f.delivery,
+        "action": { "index": f.action + 1, "type": kind },
+        "attempts": f.attempts,
+        "last_error": f.last_error,
+    })
+}
+
+fn failure_deliveries(
+    rule: &Rule,
+    leased: &Leased,
+    attempts: u32,
+    detail: &str,
+) -> Vec<NewDelivery> {
+    rule.on_failure
+        .iter()
+        .enumerate()
+        .map(|(i, a)| NewDelivery {
+            rule: rule.name.clone(),
+            action: u32::try_from(i).unwrap_or(u32::MAX),
+            kind: a.kind.name().to_owned(),
+            dedup_key: None,
+            on_failure: Some(FailureContext {
+                delivery: leased.delivery.id,
+                action: leased.delivery.action,
+                attempts,
+                last_error: Some(detail.to_owned()),
+            }),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_and_caps() {
+        let p = RetryPolicy {
+            attempts: 10,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+        };
+        assert_eq!(backoff(&p, 1, None, 0.0), Duration::from_secs(1));
+        assert_eq!(backoff(&p, 2, None, 0.0), Duration::from_secs(2));
+        assert_eq!(backoff(&p, 3, None, 0.0), Duration::from_secs(4));
+        assert_eq!(backoff(&p, 5, None, 0.0), Duration::from_secs(10));
+        assert_eq!(backoff(&p, 60, None, 0.0), Duration::from_secs(10));
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        let p = RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(100),
+        };
+        assert_eq!(backoff(&p, 1, None, 0.2), Duration::from_secs(12));
+        assert_eq!(backoff(&p, 1, None, -0.9), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_capped() {
+        let p = RetryPolicy {
+            attempts: 3,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        assert_eq!(
+            backoff(&p, 1, Some(Duration::from_secs(3)), 0.0),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            backoff(&p, 1, Some(Duration::from_secs(99_999)), 0.0),
+            MAX_RETRY_AFTER
+        );
+        assert_eq!(
+            backoff(&p, 1, Some(Duration::ZERO), 0.0),
+            Duration::from_millis(100)
+        );
+    }
+}

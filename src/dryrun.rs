@@ -1,0 +1,306 @@
+//! Dry runs: routing one request through the rules without running anything.
+//!
+//! Owns `hookrouter test` (which rules match a request, exactly what each of
+//! their actions would do, and why every other rule did not match) and the
+//! embedded `tests:` blocks that `hookrouter check` runs. Both build the
+//! envelope and render actions with the same code the server uses; nothing
+//! is stored, sent or executed. Secrets are redacted from everything shown.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::actions::render::{self, Rendered};
+use crate::body;
+use crate::envelope;
+use crate::event::{Event, RawRequest};
+use crate::rules::{Action, RuleSet, RuleTest};
+
+/// The request to try.
+#[derive(Debug, Clone)]
+pub struct TryRequest {
+    pub source: String,
+    pub headers: http::HeaderMap,
+    pub query: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// Check the signature too.
+    pub verify: bool,
+}
+
+/// What the dry run found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub event: Event,
+    /// `None` when not checked; otherwise `Ok` or the failure.
+    pub signature: Option<Result<(), String>>,
+    pub rules: Vec<RuleReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleReport {
+    pub name: String,
+    pub origin: String,
+    pub matched: bool,
+    /// Why the rule did not match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<ActionReport>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ActionReport {
+    pub origin: String,
+    pub retry_attempts: u32,
+    pub timeout_ms: u64,
+    pub rendered: Result<Rendered, String>,
+}
+
+/// Errors that stop a dry run before routing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DryRunError {
+    #[error("unknown source {0:?}")]
+    UnknownSource(String),
+    #[error("{0}")]
+    Body(#[from] body::BodyError),
+}
+
+/// Route `req` through `set`, rendering the actions of every matching rule.
+///
+/// # Errors
+/// An unknown source or a body that does not parse.
+pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
+    let source = set
+        .source(&req.source)
+        .ok_or_else(|| DryRunError::UnknownSource(req.source.clone()))?;
+    let now = SystemTime::now();
+    let unix = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let url = source
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("http://localhost{}", source.path));
+    let raw = RawRequest {
+        url: &url,
+        headers: &req.headers,
+        body: &req.body,
+        now: unix,
+    };
+    let signature = req
+        .verify
+        .then(|| source.provider.verify(&raw).map_err(|e| e.to_string()));
+    let content_type = raw.header("content-type");
+    let parsed = body::parse(content_type, &req.body)?;
+    let event = envelope::build(source, &raw, parsed, req.query.clone(), now);
+    let rules = set
+        .explain(&event)
+        .into_iter()
+        .map(|(rule, verdict)| {
+            let actions = if verdict.is_ok() {
+                let ctx = render::context(&event, &rule.name, None);
+                rule.actions
+                    .iter()
+                    .map(|a| action_report(set, a, &ctx))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            RuleReport {
+                name: rule.name.clone(),
+                origin: rule.origin.to_string(),
+                matched: verdict.is_ok(),
+                reason: verdict.err(),
+                actions,
+            }
+        })
+        .collect();
+    Ok(Report {
+        event,
+        signature,
+        rules,
+    })
+}
+
+fn action_report(set: &RuleSet, action: &Action, ctx: &minijinja::Value) -> ActionReport {
+    let rendered = render::render(set, action, ctx)
+        .map(|r| redact_rendered(set, r))
+        .map_err(|e| set.redact(&e.to_string()));
+    ActionReport {
+        origin: action.origin.to_string(),
+        retry_attempts: action.retry.attempts,
+        timeout_ms: u64::try_from(action.timeout.as_millis()).unwrap_or(u64::MAX),
+        rendered,
+    }
+}
+
+fn redact_rendered(set: &RuleSet, r: Rendered) -> Rendered {
+    let red = |s: String| set.redact(&s);
+    let pairs = |v: Vec<(String, String)>| v.into_iter().map(|(k, v)| (k, red(v))).collect();
+    match r {
+        Rendered::Log { line } => Rendered::Log { line: red(line) },
+        Rendered::Http(mut h) => {
+            h.url = red(h.url);
+            h.headers = pairs(h.headers);
+            h.body = h
+                .body
+                .map(|b| set.redact(&String::from_utf8_lossy(&b)).into_bytes());
+            Rendered::Http(h)
+        }
+        Rendered::Shell(mut c) => {
+            c.argv = c.argv.into_iter().map(red).collect();
+            c.env = pairs(c.env);
+            Rendered::Shell(c)
+        }
+    }
+}
+
+/// The human rendering of a report.
+pub fn render_text(report: &Report) -> String {
+    let mut out = String::new();
+    let e = &report.event;
+    let _ = writeln!(
+        out,
+        "event {} type={:?} source={} provider={}",
+        e.id, e.kind, e.source, e.provider
+    );
+    match &report.signature {
+        None => out.push_str("signature: not checked (add --verify)\n"),
+        Some(Ok(())) => out.push_str("signature: verified\n"),
+        Some(Err(why)) => {
+            let _ = writeln!(
+                out,
+                "signature: REJECTED ({why}); the server would answer 401"
+            );
+        }
+    }
+    let matched = report.rules.iter().filter(|r| r.matched).count();
+    let _ = writeln!(out, "{matched} of {} rules match\n", report.rules.len());
+    for r in report.rules.iter().filter(|r| r.matched) {
+        let _ = writeln!(out, "MATCH {} ({})", r.name, r.origin);
+        for (i, a) in r.actions.iter().enumerate() {
+            let _ = write!(out, "  action {}: ", i + 1);
+            match &a.rendered {
+                Err(why) => {
+                    let _ = writeln!(out, "would FAIL: {why}");
+                }
+                Ok(Rendered::Log { line }) => {
+                    let _ = writeln!(out, "log {line}");
+                }
+                Ok(Rendered::Http(h)) => {
+                    let _ = writeln!(out, "http {} {}", h.method, h.url);
+                    for (k, v) in &h.headers {
+                        let _ = writeln!(out, "    {k}: {v}");
+                    }
+                    if h.signed {
+                        out.push_str(
+                            "    webhook-id, webhook-timestamp, webhook-signature: added when sent\n",
+                        );
+                    }
+                    if let Some(b) = &h.body {
+                        let _ = writeln!(out, "    body: {}", String::from_utf8_lossy(b));
+                    }
+                }
+                Ok(Rendered::Shell(c)) => {
+                    let argv = serde_json::to_string(&c.argv).unwrap_or_default();
+                    let _ = writeln!(out, "shell argv={argv}");
+                    for (k, v) in &c.env {
+                        let _ = writeln!(out, "    env {k}={v}");
+                    }
+                    if let Some(w) = &c.workdir {
+                        let _ = writeln!(out, "    workdir {w}");
+                    }
+                }
+            }
+            let _ = writeln!(
+                out,
+                "    (attempts: {}, timeout: {})",
+                a.retry_attempts,
+                humantime::format_duration(std::time::Duration::from_millis(a.timeout_ms))
+            );
+        }
+    }
+    for r in report.rules.iter().filter(|r| !r.matched) {
+        let _ = writeln!(
+            out,
+            "no    {} ({}): {}",
+            r.name,
+            r.origin,
+            r.reason.as_deref().unwrap_or("")
+        );
+    }
+    out
+}
+
+/// The outcome of one embedded test.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestOutcome {
+    pub name: String,
+    pub origin: String,
+    pub passed: bool,
+    pub expected: Vec<String>,
+    pub matched: Vec<String>,
+    /// For each expected rule that did not match: why.
+    pub reasons: Vec<(String, String)>,
+}
+
+/// Run every embedded `tests:` case.
+pub fn run_tests(set: &RuleSet) -> Vec<TestOutcome> {
+    set.tests.iter().map(|t| run_test(set, t)).collect()
+}
+
+fn run_test(set: &RuleSet, t: &RuleTest) -> TestOutcome {
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &t.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    let req = TryRequest {
+        source: t.source.clone(),
+        headers,
+        query: t.query.iter().cloned().collect(),
+        body: serde_json::to_vec(&t.body).unwrap_or_default(),
+        verify: false,
+    };
+    let mut expected = t.expect.clone();
+    expected.sort();
+    match run(set, &req) {
+        Ok(report) => {
+            let mut matched: Vec<String> = report
+                .rules
+                .iter()
+                .filter(|r| r.matched)
+                .map(|r| r.name.clone())
+                .collect();
+            matched.sort();
+            let reasons = report
+                .rules
+                .iter()
+                .filter(|r| !r.matched && expected.contains(&r.name))
+                .map(|r| (r.name.clone(), r.reason.clone().unwrap_or_default()))
+                .collect();
+            TestOutcome {
+                name: t.name.clone(),
+                origin: t.origin.to_string(),
+                passed: matched == expected,
+                expected,
+                matched,
+                reasons,
+            }
+        }
+        Err(e) => TestOutcome {
+            name: t.name.clone(),
+            origin: t.origin.to_string(),
+            passed: false,
+            expected,
+            matched: Vec::new(),
+            reasons: vec![(String::new(), e.to_string())],
+        },
+    }
+}

@@ -1,0 +1,124 @@
+//! From a verified event to a durable record: route, plan deliveries, commit.
+//!
+//! Owns what is written for an accepted event: its dedup key, the event, and
+//! one delivery per (matched rule, action), with rule-level `dedup:` keys.
+//! It does not speak HTTP (the server maps outcomes to status codes) and does
+//! not run anything (the dispatcher does, from the store).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::actions::render;
+use crate::event::Event;
+use crate::providers::Verified;
+use crate::rules::RuleSet;
+use crate::store::{Committed, NewDelivery, NewEvent, Store, StoreError};
+
+/// What became of an accepted event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Accepted {
+        id: String,
+        key: String,
+        /// Names of the matched rules.
+        matched: Vec<String>,
+        deliveries: usize,
+    },
+    Duplicate {
+        id: String,
+        key: String,
+    },
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The event-level dedup key: the same event id from the same source.
+pub fn dedup_key(event: &Event) -> String {
+    format!("{}\u{0}{}", event.source, event.id)
+}
+
+/// The deliveries an event creates under `set`, with the names of the rules
+/// that matched. `only_rule` restricts them to one rule (replay).
+pub fn plan(
+    set: &RuleSet,
+    event: &Event,
+    only_rule: Option<&str>,
+) -> (Vec<NewDelivery>, Vec<String>) {
+    let mut deliveries = Vec::new();
+    let mut matched = Vec::new();
+    let rules = set.route(event);
+    if rules.is_empty() {
+        tracing::debug!(event_id = %event.id, source = %event.source, "Event matched no rule.");
+        for (rule, verdict) in set.explain(event) {
+            if let Err(why) = verdict {
+                tracing::debug!(event_id = %event.id, rule = %rule.name, reason = %set.redact(&why), "Rule did not match.");
+            }
+        }
+    }
+    for rule in rules {
+        if only_rule.is_some_and(|r| r != rule.name) {
+            continue;
+        }
+        matched.push(rule.name.clone());
+        let rule_key = rule.dedup.as_ref().and_then(|tpl| {
+            let ctx = render::context(event, &rule.name, None);
+            match set.templates.render(tpl, &ctx) {
+                Ok(k) => Some(format!("{}\u{0}rule\u{0}{}\u{0}{k}", event.source, rule.name)),
+                Err(e) => {
+                    // Without its key the rule falls back to event-level dedup.
+                    tracing::warn!(event_id = %event.id, rule = %rule.name, error = %set.redact(&e.to_string()), "Dedup template failed; using the event id.");
+                    None
+                }
+            }
+        });
+        for (i, action) in rule.actions.iter().enumerate() {
+            deliveries.push(NewDelivery {
+                rule: rule.name.clone(),
+                action: u32::try_from(i).unwrap_or(u32::MAX),
+                kind: action.kind.name().to_owned(),
+                dedup_key: rule_key.clone(),
+                on_failure: None,
+            });
+        }
+    }
+    (deliveries, matched)
+}
+
+/// Route and durably record a verified event. Returns only after the commit
+/// is fsync'd, so an `Accepted` answer may be acknowledged with 2xx.
+///
+/// # Errors
+/// The store's error; the caller answers 503 so the sender retries.
+pub async fn ingest(
+    set: &RuleSet,
+    store: &Store,
+    event: Verified<Event>,
+    dedup_window: Duration,
+) -> Result<Outcome, StoreError> {
+    let event = event.into_inner();
+    let (deliveries, matched) = plan(set, &event, None);
+    let now = unix_ms(SystemTime::now());
+    let window = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
+    let id = event.id.clone();
+    let n = deliveries.len();
+    let committed = store
+        .commit(NewEvent {
+            dedup_key: dedup_key(&event),
+            dedup_until_ms: now.saturating_add(window),
+            received_ms: now,
+            deliveries,
+            event,
+        })
+        .await?;
+    Ok(match committed {
+        Committed::Accepted { key, deliveries } => Outcome::Accepted {
+            id,
+            key,
+            matched,
+            deliveries: deliveries.len().min(n),
+        },
+        Committed::Duplicate { key } => Outcome::Duplicate { id, key },
+    })
+}

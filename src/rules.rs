@@ -1,0 +1,463 @@
+//! The compiled, immutable rule set: the contract between loading and serving.
+//!
+//! Owns `RuleSet` and everything in it (sources, rules, actions, retry
+//! policies) and the index that routes an event to the few rules that can
+//! match it by source and event type, before any condition is evaluated.
+//! Nothing here is deserialized: values only come from `config::compile`, so a
+//! `RuleSet` that exists is valid.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use globset::GlobMatcher;
+use jsonpath_rust::parser::model::JpQuery;
+use serde_json::Value;
+
+use crate::condition::Condition;
+use crate::event::Event;
+use crate::providers::{Provider, Secret};
+use crate::template::{JsonTemplate, Template, Templates};
+
+/// Where a definition was written, for messages about it at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: PathBuf,
+    pub line: u32,
+    pub column: u32,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
+    }
+}
+
+/// Where a source reads its event type or id from, overriding the provider.
+#[derive(Debug, Clone)]
+pub enum Extractor {
+    /// A header, by lowercase name.
+    Header(String),
+    /// The first value a JSONPath selects in the body.
+    Path(JpQuery),
+}
+
+impl Extractor {
+    pub fn extract(&self, headers: &http::HeaderMap, body: &Value) -> Option<String> {
+        match self {
+            Extractor::Header(name) => headers
+                .get(name.as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+            Extractor::Path(q) => jsonpath_rust::query::js_path_process(q, body)
+                .ok()?
+                .into_iter()
+                .next()
+                .and_then(|r| scalar_text(r.val())),
+        }
+    }
+}
+
+/// A scalar's text; objects, arrays and null have none.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// A webhook sender.
+#[derive(Debug)]
+pub struct Source {
+    pub name: String,
+    pub provider: Box<dyn Provider>,
+    /// The request path it is served at.
+    pub path: String,
+    /// The public URL (Twilio, Square); `None` means Host + path.
+    pub url: Option<String>,
+    pub event_type: Option<Extractor>,
+    pub event_id: Option<Extractor>,
+    pub origin: Origin,
+}
+
+/// Which sources a rule listens to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSel {
+    Any,
+    Named(Vec<String>),
+}
+
+/// One `event:` pattern.
+#[derive(Debug, Clone)]
+pub enum EventPattern {
+    /// Matches every type.
+    Any,
+    /// No wildcard: matches the type and its sub-types (`a` matches `a.b`).
+    Exact(String),
+    Glob(GlobMatcher),
+}
+
+impl EventPattern {
+    pub fn matches(&self, kind: &str) -> bool {
+        match self {
+            EventPattern::Any => true,
+            EventPattern::Exact(p) => {
+                kind == p || (kind.starts_with(p.as_str()) && kind[p.len()..].starts_with('.'))
+            }
+            EventPattern::Glob(g) => g.is_match(kind),
+        }
+    }
+}
+
+/// Exponential backoff with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total attempts, the first included; 1 means no retry.
+    pub attempts: u32,
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    pub const NONE: RetryPolicy = RetryPolicy {
+        attempts: 1,
+        backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(1),
+    };
+    pub const HTTP_DEFAULT: RetryPolicy = RetryPolicy {
+        attempts: 8,
+        backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(600),
+    };
+}
+
+/// An HTTP request body.
+#[derive(Debug, Clone)]
+pub enum HttpBody {
+    Json(JsonTemplate),
+    Raw(Template),
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpAction {
+    pub method: http::Method,
+    pub url: Template,
+    pub headers: Vec<(http::HeaderName, Template)>,
+    pub body: Option<HttpBody>,
+    /// Standard Webhooks signing key (already base64-decoded).
+    pub sign: Option<SigningKey>,
+}
+
+/// A Standard Webhooks signing key. `Debug` never prints it.
+#[derive(Clone)]
+pub struct SigningKey(pub Vec<u8>);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ShellAction {
+    /// Each template renders into exactly one argument.
+    pub argv: Vec<Template>,
+    /// The child's whole environment (plus PATH).
+    pub env: Vec<(String, Template)>,
+    pub workdir: Option<PathBuf>,
+    /// Bytes of stdout and of stderr kept.
+    pub max_output: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum ActionKind {
+    Log(Template),
+    Http(HttpAction),
+    Shell(ShellAction),
+}
+
+impl ActionKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ActionKind::Log(_) => "log",
+            ActionKind::Http(_) => "http",
+            ActionKind::Shell(_) => "shell",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub retry: RetryPolicy,
+    pub timeout: Duration,
+    /// `None`: only the global worker limit applies.
+    pub concurrency: Option<u32>,
+    pub origin: Origin,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub name: String,
+    pub sources: SourceSel,
+    pub events: Vec<EventPattern>,
+    pub condition: Option<Condition>,
+    pub dedup: Option<Template>,
+    pub actions: Vec<Action>,
+    pub on_failure: Vec<Action>,
+    pub origin: Origin,
+}
+
+impl Rule {
+    pub fn matches_type(&self, kind: &str) -> bool {
+        self.events.iter().any(|p| p.matches(kind))
+    }
+}
+
+/// An embedded `tests:` case.
+#[derive(Debug, Clone)]
+pub struct RuleTest {
+    pub name: String,
+    pub source: String,
+    pub headers: Vec<(String, String)>,
+    pub query: Vec<(String, String)>,
+    pub body: Value,
+    pub expect: Vec<String>,
+    pub origin: Origin,
+}
+
+/// Rules of one source, bucketed by the shape of their `event:` patterns.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// Exact patterns, looked up by the type and each of its parent types.
+    exact: HashMap<String, Vec<u32>>,
+    /// Rules with at least one glob; checked one by one (few in practice).
+    glob: Vec<u32>,
+    /// Rules with `*` or no `event:`.
+    any: Vec<u32>,
+}
+
+impl Bucket {
+    fn add(&mut self, idx: u32, rule: &Rule) {
+        if rule.events.iter().any(|p| matches!(p, EventPattern::Any)) {
+            self.any.push(idx);
+        } else if rule
+            .events
+            .iter()
+            .any(|p| matches!(p, EventPattern::Glob(_)))
+        {
+            self.glob.push(idx);
+        } else {
+            for p in &rule.events {
+                if let EventPattern::Exact(s) = p {
+                    self.exact.entry(s.clone()).or_default().push(idx);
+                }
+            }
+        }
+    }
+
+    fn candidates(&self, kind: &str, rules: &[Rule], out: &mut Vec<u32>) {
+        out.extend_from_slice(&self.any);
+        let mut key = kind;
+        loop {
+            if let Some(ids) = self.exact.get(key) {
+                out.extend_from_slice(ids);
+            }
+            match key.rfind('.') {
+                Some(dot) => key = &key[..dot],
+                None => break,
+            }
+        }
+        out.extend(
+            self.glob
+                .iter()
+                .copied()
+                .filter(|&i| rules[i as usize].matches_type(kind)),
+        );
+    }
+}
+
+/// Sources and rules by name and path, indexed for routing.
+#[derive(Debug, Default)]
+pub struct Index {
+    by_source: HashMap<String, Bucket>,
+    any_source: Bucket,
+}
+
+impl Index {
+    pub fn build(rules: &[Rule]) -> Index {
+        let mut index = Index::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let idx = u32::try_from(i).unwrap_or(u32::MAX);
+            match &rule.sources {
+                SourceSel::Any => index.any_source.add(idx, rule),
+                SourceSel::Named(names) => {
+                    for n in names {
+                        index.by_source.entry(n.clone()).or_default().add(idx, rule);
+                    }
+                }
+            }
+        }
+        index
+    }
+}
+
+/// The whole compiled configuration, swapped atomically on reload.
+#[derive(Debug)]
+pub struct RuleSet {
+    pub sources: Vec<Source>,
+    pub rules: Vec<Rule>,
+    pub tests: Vec<RuleTest>,
+    pub templates: Templates,
+    /// Values that came from `${env:…}`/`${file:…}` and secrets: redacted
+    /// from anything shown to a person.
+    pub secrets: Vec<Secret>,
+    source_by_name: HashMap<String, usize>,
+    source_by_path: HashMap<String, usize>,
+    rule_by_name: HashMap<String, usize>,
+    index: Index,
+}
+
+impl RuleSet {
+    pub fn new(
+        sources: Vec<Source>,
+        rules: Vec<Rule>,
+        tests: Vec<RuleTest>,
+        templates: Templates,
+        mut secrets: Vec<Secret>,
+    ) -> RuleSet {
+        let source_by_name = sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+        let source_by_path = sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.path.clone(), i))
+            .collect();
+        let rule_by_name = rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.name.clone(), i))
+            .collect();
+        // Longest first, so a secret that contains another is redacted whole.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.expose().len()));
+        secrets.dedup();
+        let index = Index::build(&rules);
+        RuleSet {
+            sources,
+            rules,
+            tests,
+            templates,
+            secrets,
+            source_by_name,
+            source_by_path,
+            rule_by_name,
+            index,
+        }
+    }
+
+    pub fn source(&self, name: &str) -> Option<&Source> {
+        self.source_by_name.get(name).map(|&i| &self.sources[i])
+    }
+
+    pub fn source_for_path(&self, path: &str) -> Option<&Source> {
+        self.source_by_path.get(path).map(|&i| &self.sources[i])
+    }
+
+    pub fn rule(&self, name: &str) -> Option<&Rule> {
+        self.rule_by_name.get(name).map(|&i| &self.rules[i])
+    }
+
+    /// Rules whose source and event type fit, in declaration order, before
+    /// conditions are evaluated.
+    pub fn candidates(&self, source: &str, kind: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        if let Some(bucket) = self.index.by_source.get(source) {
+            bucket.candidates(kind, &self.rules, &mut out);
+        }
+        self.index
+            .any_source
+            .candidates(kind, &self.rules, &mut out);
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// The rules an event matches, in declaration order.
+    pub fn route(&self, event: &Event) -> Vec<&Rule> {
+        self.candidates(&event.source, &event.kind)
+            .into_iter()
+            .map(|i| &self.rules[i as usize])
+            .filter(|r| r.condition.as_ref().is_none_or(|c| c.eval(&event.body)))
+            .collect()
+    }
+
+    /// For every rule, whether it matches and, if not, why not.
+    pub fn explain(&self, event: &Event) -> Vec<(&Rule, Result<(), String>)> {
+        self.rules
+            .iter()
+            .map(|rule| {
+                let verdict = if !match &rule.sources {
+                    SourceSel::Any => true,
+                    SourceSel::Named(n) => n.iter().any(|s| s == &event.source),
+                } {
+                    Err(format!(
+                        "source {:?} is not one of its sources",
+                        event.source
+                    ))
+                } else if !rule.matches_type(&event.kind) {
+                    Err(format!(
+                        "event type {:?} does not match its `event:` patterns",
+                        event.kind
+                    ))
+                } else {
+                    rule.condition
+                        .as_ref()
+                        .map_or(Ok(()), |c| c.explain(&event.body))
+                };
+                (rule, verdict)
+            })
+            .collect()
+    }
+
+    /// `text` with every configured secret replaced by `[redacted]`.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for s in &self.secrets {
+            if !s.expose().is_empty() && out.contains(s.expose()) {
+                out = out.replace(s.expose(), "[redacted]");
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_patterns_match_sub_types() {
+        let p = EventPattern::Exact("pull_request".into());
+        assert!(p.matches("pull_request"));
+        assert!(p.matches("pull_request.opened"));
+        assert!(!p.matches("pull_request_review"));
+        assert!(!p.matches("pull"));
+        assert!(!p.matches("issues"));
+    }
+
+    #[test]
+    fn glob_patterns() {
+        let g = |s: &str| EventPattern::Glob(globset::Glob::new(s).unwrap().compile_matcher());
+        assert!(g("charge.*").matches("charge.refunded"));
+        assert!(g("charge.*").matches("charge.dispute.created"));
+        assert!(!g("charge.*").matches("charge"));
+        assert!(g("*.created").matches("customer.created"));
+        assert!(g("issue?").matches("issues"));
+        assert!(EventPattern::Any.matches(""));
+    }
+}

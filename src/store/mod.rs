@@ -1,0 +1,555 @@
+//! Durable storage of events and their deliveries (redb).
+//!
+//! Owns the `Store` handle: the write contract (commit an accepted event with
+//! its deliveries or learn it is a duplicate, lease due deliveries, record an
+//! attempt's outcome, replay, prune) and the read side used for inspection and
+//! scheduling. The contract is deliberately narrow and speaks only in the
+//! plain types of [`types`], so another backend could implement it.
+//!
+//! It does not own HTTP status mapping, retry policy (backoff is decided by
+//! the caller and handed in as [`Next`]), rule matching or action execution.
+//!
+//! Threading: every write goes through one dedicated writer thread that
+//! group-commits (see `writer`); the async write methods only enqueue and
+//! await the answer. Read methods are synchronous and block on disk I/O: call
+//! them from `spawn_blocking` (or use [`Store::read`]). redb read transactions
+//! are snapshots and run concurrently with the writer.
+
+mod schema;
+#[cfg(test)]
+mod tests;
+mod types;
+mod writer;
+
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use types::{
+    Attempt, BatchStats, Committed, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryRecord,
+    DeliveryState, EventDetail, EventSummary, FailureContext, Leased, MAX_DETAIL_BYTES,
+    NewDelivery, NewEvent, Next, ParseStateError, PruneStats, QueueDepth,
+};
+
+use schema::{
+    ATTEMPTS, DEAD, DELIVERIES, DONE, DUE, EVENT_DELIVERIES, EVENTS, LEASED, attempts_of, decode,
+    delivery_ids_of, load_delivery,
+};
+use writer::{Cmd, Op, Out, PruneChunk, Shared};
+
+/// Commands that may wait for the writer before senders are made to wait
+/// (asynchronously) too. Bounds memory when the disk is slower than arrivals.
+const QUEUE_CAPACITY: usize = 8192;
+
+/// Errors of the store.
+///
+/// [`StoreError::is_not_found`] errors concern the request (unknown event or
+/// delivery); every other error means the store cannot serve right now, which
+/// the HTTP layer answers with 503 so the sender retries.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage error: {0}")]
+    Storage(#[source] Box<redb::Error>),
+    #[error("cannot encode record: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    #[error("store file has schema version {found}; this build supports {supported}")]
+    Schema { found: u64, supported: u64 },
+    #[error("store is closed")]
+    Closed,
+    #[error("cannot start the store writer thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("no event with key {0:?}")]
+    UnknownEvent(String),
+    #[error("no delivery with id {0}")]
+    UnknownDelivery(DeliveryId),
+    #[error("internal store error: {0}")]
+    Internal(&'static str),
+}
+
+impl StoreError {
+    /// The request named an event or delivery that does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            StoreError::UnknownEvent(_) | StoreError::UnknownDelivery(_)
+        )
+    }
+
+    /// The store cannot serve right now (disk, corruption, shut down): 503.
+    pub fn is_unavailable(&self) -> bool {
+        !self.is_not_found()
+    }
+}
+
+macro_rules! from_redb {
+    ($($t:ty),* $(,)?) => {
+        $(impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Storage(Box::new(e.into()))
+            }
+        })*
+    };
+}
+
+from_redb!(
+    redb::Error,
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+);
+
+/// Handle to the store. Cheap to clone; all clones share one database and one
+/// writer thread.
+///
+/// Dropping the last handle stops the writer after it has answered everything
+/// already queued, and waits for it (a short block of the dropping thread),
+/// so the file is closed and can be reopened as soon as the drop returns.
+/// [`Store::close`] does the same without blocking.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Arc<Database>,
+    /// `None` only during drop.
+    tx: Option<mpsc::Sender<Cmd>>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Closing the channel lets the writer drain the queue and return.
+        self.tx = None;
+        let handle = match self.writer.get_mut() {
+            Ok(slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            if handle.join().is_err() {
+                tracing::error!("store writer thread panicked");
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens or creates the redb file at `path` and starts the writer thread.
+    ///
+    /// Deliveries left `Leased` by a process that stopped become `Pending`,
+    /// due now: their worker may or may not have run the action, and
+    /// at-least-once means running it again. Blocks on file I/O (and on
+    /// redb's repair after an unclean shutdown).
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let pending = writer::prepare(&db, writer::now_ms())?;
+        let db = Arc::new(db);
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let handle = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn({
+                let db = Arc::clone(&db);
+                let shared = Arc::clone(&shared);
+                move || writer::run(db, rx, shared)
+            })
+            .map_err(StoreError::Spawn)?;
+        if pending > 0 {
+            shared.notify.notify_one();
+        }
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                tx: Some(tx),
+                shared,
+                writer: Mutex::new(Some(handle)),
+            }),
+        })
+    }
+
+    /// Sends an op to the writer and waits for its answer. Cancelling the
+    /// returned future after the op was queued does not cancel the op.
+    async fn call(&self, op: Op) -> Result<Out, StoreError> {
+        let sender = self.inner.tx.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Cmd::Op(Box::new(op), reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // A dropped reply means the writer is gone (it panicked or stopped).
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Stores an accepted event with its deliveries, durably, or reports that
+    /// its dedup key was already seen. When this returns `Accepted`, the event
+    /// is on disk (fsync'd); it is safe to answer 202.
+    pub async fn commit(&self, ev: NewEvent) -> Result<Committed, StoreError> {
+        match self.call(Op::Commit(ev)).await? {
+            Out::Committed(c) => Ok(c),
+            _ => Err(StoreError::Internal("unexpected answer to commit")),
+        }
+    }
+
+    /// Leases up to `limit` due deliveries for `lease_ms`: `Pending` ones due
+    /// by `now_ms` and `Leased` ones whose lease ran out by `now_ms`, ordered
+    /// by due time (lease expiry for the latter), then id. The lease is a
+    /// safety net for a hung worker, not a lock: an expired lease is handed
+    /// out again, so an action may run twice.
+    pub async fn lease_due(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Vec<Leased>, StoreError> {
+        match self
+            .call(Op::Lease {
+                now_ms,
+                limit,
+                lease_ms,
+            })
+            .await?
+        {
+            Out::Leased(l) => Ok(l),
+            _ => Err(StoreError::Internal("unexpected answer to lease")),
+        }
+    }
+
+    /// Records an attempt and moves the delivery on: `Done`, `Dead`, or
+    /// `Pending` again at `RetryAt(ms)`. The attempt count increments and the
+    /// attempt (detail capped at [`MAX_DETAIL_BYTES`]) is stored.
+    ///
+    /// If the delivery is already `Done`/`Dead` (a late worker whose lease had
+    /// expired), only the attempt is recorded. Unknown id:
+    /// [`StoreError::UnknownDelivery`].
+    pub async fn finish(
+        &self,
+        delivery: DeliveryId,
+        attempt: Attempt,
+        next: Next,
+    ) -> Result<(), StoreError> {
+        self.finish_with(delivery, attempt, next, Vec::new())
+            .await
+            .map(|_| ())
+    }
+
+    /// [`Store::finish`] plus new deliveries for the same event (typically the
+    /// rule's `on_failure` actions when `next` is `Dead`), in the same
+    /// transaction, so a crash cannot record the death but lose the follow-ups.
+    /// Follow-ups are due now and ignore dedup keys. Returns their ids; none
+    /// are created if the delivery was already `Done`/`Dead`.
+    pub async fn finish_with(
+        &self,
+        delivery: DeliveryId,
+        attempt: Attempt,
+        next: Next,
+        follow_ups: Vec<NewDelivery>,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        match self
+            .call(Op::Finish {
+                delivery,
+                attempt,
+                next,
+                follow_ups,
+            })
+            .await?
+        {
+            Out::Ids(ids) => Ok(ids),
+            _ => Err(StoreError::Internal("unexpected answer to finish")),
+        }
+    }
+
+    /// Creates new `Pending` deliveries, due now, for an existing event. The
+    /// old deliveries and their history stay. Dedup keys are ignored: a
+    /// replay is an explicit request to run again. Unknown key:
+    /// [`StoreError::UnknownEvent`].
+    pub async fn replay(
+        &self,
+        event_key: &str,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<Vec<DeliveryId>, StoreError> {
+        match self
+            .call(Op::Replay {
+                event_key: event_key.to_owned(),
+                deliveries,
+            })
+            .await?
+        {
+            Out::Ids(ids) => Ok(ids),
+            _ => Err(StoreError::Internal("unexpected answer to replay")),
+        }
+    }
+
+    /// Deletes events received more than `events_older_than_ms` before
+    /// `now_ms` whose deliveries are all `Done`/`Dead`, with their deliveries
+    /// and attempts, and dedup keys expired by `now_ms`. Events with work
+    /// left are kept whatever their age.
+    ///
+    /// Runs as a series of bounded write transactions (a few hundred events
+    /// or a thousand dedup keys each), so commits never wait long behind it.
+    pub async fn prune(
+        &self,
+        now_ms: u64,
+        events_older_than_ms: u64,
+    ) -> Result<PruneStats, StoreError> {
+        let cutoff_ms = now_ms.saturating_sub(events_older_than_ms);
+        let mut total = PruneStats::default();
+        let mut after = None;
+        let mut events_done = false;
+        loop {
+            let out = match self
+                .call(Op::Prune(PruneChunk {
+                    now_ms,
+                    cutoff_ms,
+                    after: after.take(),
+                    events_done,
+                }))
+                .await?
+            {
+                Out::Pruned(p) => p,
+                _ => return Err(StoreError::Internal("unexpected answer to prune")),
+            };
+            total.add(&out.stats);
+            match out.cursor {
+                Some(c) => after = Some(c),
+                None => events_done = true,
+            }
+            if events_done && !out.dedup_more {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Stops the writer once everything queued before this call is answered,
+    /// and waits for its thread to exit. Later writes through any clone fail
+    /// with [`StoreError::Closed`]; reads keep working until the last handle
+    /// is dropped, which closes the file.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        if let Some(sender) = self.inner.tx.as_ref() {
+            let (ack, acked) = oneshot::channel();
+            if sender.send(Cmd::Shutdown(ack)).await.is_ok() {
+                // An error here means the writer already stopped.
+                let _ = acked.await;
+            }
+        }
+        let handle = match self.inner.writer.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            let joined = tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .map_err(|_| StoreError::Internal("cannot join the writer thread"))?;
+            if joined.is_err() {
+                return Err(StoreError::Internal("store writer thread panicked"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Notified after a write that created due work (new or replayed
+    /// deliveries, a retry rescheduled, leases recovered on open). Uses
+    /// `notify_one`, so a notification sent while nobody waits is kept for the
+    /// next waiter: a dispatcher that leases, finds nothing, then awaits this
+    /// does not miss work committed in between. Meant for one dispatcher loop.
+    pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.shared.notify.notified()
+    }
+
+    /// The [`Notify`] behind [`Store::notified`], for a task that must own it.
+    pub fn notify_handle(&self) -> Arc<Notify> {
+        Arc::clone(&self.inner.shared.notify)
+    }
+
+    /// Group-commit statistics since open.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.inner.shared.counters.snapshot()
+    }
+
+    /// Runs a blocking read (any of the sync read methods) on tokio's blocking
+    /// pool: `store.read(|s| s.queue_depth()).await`.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|_| StoreError::Internal("store read task failed"))?
+    }
+
+    // ---- read side: blocking, snapshot reads ----
+
+    /// An event with its deliveries and their attempts. Blocking.
+    pub fn get_event(&self, key: &str) -> Result<Option<EventDetail>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let Some(row) = schema::load_event(&events, key)? else {
+            return Ok(None);
+        };
+        let event_deliveries = txn.open_table(EVENT_DELIVERIES)?;
+        let deliveries = txn.open_table(DELIVERIES)?;
+        let attempts = txn.open_table(ATTEMPTS)?;
+        let mut out = Vec::new();
+        for id in delivery_ids_of(&event_deliveries, key)? {
+            if let Some(record) = load_delivery(&deliveries, id)? {
+                let attempts = attempts_of(&attempts, id)?
+                    .into_iter()
+                    .map(|(_, a)| a)
+                    .collect();
+                out.push(DeliveryDetail { record, attempts });
+            }
+        }
+        Ok(Some(EventDetail {
+            key: key.to_owned(),
+            received_ms: row.received_ms,
+            dedup_key: row.dedup_key,
+            event: row.event,
+            deliveries: out,
+        }))
+    }
+
+    /// Events newest first, `limit` of them, strictly older than the key
+    /// `before` when given (pass the last key of a page to get the next).
+    /// Blocking.
+    pub fn list_events(
+        &self,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<EventSummary>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        let event_deliveries = txn.open_table(EVENT_DELIVERIES)?;
+        let deliveries = txn.open_table(DELIVERIES)?;
+        let upper = before.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut out = Vec::new();
+        for item in events
+            .range::<&str>((Bound::Unbounded, upper))?
+            .rev()
+            .take(limit)
+        {
+            let (k, v) = item?;
+            let key = k.value();
+            let row: schema::EventRow = decode(v.value(), "event row")?;
+            let mut counts = DeliveryCounts::default();
+            for id in delivery_ids_of(&event_deliveries, key)? {
+                if let Some(rec) = load_delivery(&deliveries, id)? {
+                    let slot = match rec.state {
+                        DeliveryState::Pending => &mut counts.pending,
+                        DeliveryState::Leased => &mut counts.leased,
+                        DeliveryState::Done => &mut counts.done,
+                        DeliveryState::Dead => &mut counts.dead,
+                    };
+                    *slot += 1;
+                }
+            }
+            out.push(EventSummary {
+                key: key.to_owned(),
+                event_id: row.event.id,
+                kind: row.event.kind,
+                source: row.event.source,
+                provider: row.event.provider,
+                received_at: row.event.received_at,
+                received_ms: row.received_ms,
+                deliveries: counts,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` deliveries. Blocking.
+    ///
+    /// Order depends on what is most useful per state: `None` (all),
+    /// `Done` and `Dead`: newest first (highest id). `Pending`: next due first.
+    /// `Leased`: earliest lease expiry first.
+    pub fn list_deliveries(
+        &self,
+        state: Option<DeliveryState>,
+        limit: usize,
+    ) -> Result<Vec<DeliveryRecord>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let deliveries = txn.open_table(DELIVERIES)?;
+        let mut ids = Vec::new();
+        match state {
+            None => {
+                let mut out = Vec::new();
+                for item in deliveries.iter()?.rev().take(limit) {
+                    let (_, v) = item?;
+                    out.push(decode(v.value(), "delivery row")?);
+                }
+                return Ok(out);
+            }
+            Some(DeliveryState::Pending | DeliveryState::Leased) => {
+                let def = if state == Some(DeliveryState::Pending) {
+                    DUE
+                } else {
+                    LEASED
+                };
+                let index = txn.open_table(def)?;
+                for item in index.iter()?.take(limit) {
+                    let (k, _) = item?;
+                    ids.push(k.value().1);
+                }
+            }
+            Some(DeliveryState::Done | DeliveryState::Dead) => {
+                let def = if state == Some(DeliveryState::Done) {
+                    DONE
+                } else {
+                    DEAD
+                };
+                let index = txn.open_table(def)?;
+                for item in index.iter()?.rev().take(limit) {
+                    let (k, _) = item?;
+                    ids.push(k.value());
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(rec) = load_delivery(&deliveries, id)? {
+                out.push(rec);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deliveries per state in the whole store; O(1). Blocking.
+    pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        Ok(QueueDepth {
+            pending: txn.open_table(DUE)?.len()?,
+            leased: txn.open_table(LEASED)?.len()?,
+            done: txn.open_table(DONE)?.len()?,
+            dead: txn.open_table(DEAD)?.len()?,
+        })
+    }
+
+    /// When the next lease could find work: the earliest due time of a
+    /// `Pending` delivery or lease expiry of a `Leased` one; `None` if there
+    /// is neither. Lets the dispatcher sleep until then (or until
+    /// [`Store::notified`]). Blocking.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let due = txn.open_table(DUE)?.first()?.map(|(k, _)| k.value().0);
+        let lease = txn.open_table(LEASED)?.first()?.map(|(k, _)| k.value().0);
+        Ok(match (due, lease) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+}

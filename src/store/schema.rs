@@ -1,0 +1,173 @@
+//! The redb table layout and the row codecs.
+//!
+//! Owns the table definitions, the JSON row encodings and the small
+//! read helpers shared by the writer thread and the read side. It does not own
+//! any policy (dedup, leasing, retries): that is `writer`. Every index below is
+//! maintained by `writer` in the same transaction as the row it points to, so
+//! the indexes never disagree with the rows after a commit.
+//!
+//! | table              | key                    | value                | what for |
+//! |--------------------|------------------------|----------------------|----------|
+//! | `events`           | event key (ULID text)  | JSON [`EventRow`]    | the envelope; ULID order = arrival order |
+//! | `event_deliveries` | (event key, id)        | ()                   | deliveries of an event, for detail, replay, prune |
+//! | `dedup`            | namespaced dedup key   | (event key, expires) | event- and rule-level dedup |
+//! | `dedup_expiry`     | (expires ms, dedup key)| ()                   | prune expired dedup keys by range scan |
+//! | `deliveries`       | id                     | JSON `DeliveryRecord`| the delivery rows |
+//! | `due`              | (due ms, id)           | ()                   | exactly the `Pending` deliveries |
+//! | `leased`           | (lease until ms, id)   | ()                   | exactly the `Leased` deliveries |
+//! | `done`             | id                     | ()                   | exactly the `Done` deliveries |
+//! | `dead`             | id                     | ()                   | exactly the `Dead` deliveries |
+//! | `attempts`         | (id, attempt number)   | JSON `Attempt`       | attempt history, numbered from 1 |
+//! | `meta`             | name                   | u64                  | `next_delivery_id`, `schema_version` |
+//!
+//! One index table per state keeps `queue_depth` O(1) (`len()` is stored by
+//! redb) and makes leasing a range scan of `due` and `leased`.
+
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+use super::types::{Attempt, DeliveryId, DeliveryRecord};
+use crate::event::Event;
+
+pub(super) const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
+pub(super) const EVENT_DELIVERIES: TableDefinition<(&str, u64), ()> =
+    TableDefinition::new("event_deliveries");
+pub(super) const DEDUP: TableDefinition<&str, (&str, u64)> = TableDefinition::new("dedup");
+pub(super) const DEDUP_EXPIRY: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("dedup_expiry");
+pub(super) const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
+pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
+pub(super) const LEASED: TableDefinition<(u64, u64), ()> = TableDefinition::new("leased");
+pub(super) const DONE: TableDefinition<u64, ()> = TableDefinition::new("done");
+pub(super) const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
+pub(super) const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// `meta` key of the next delivery id to hand out.
+pub(super) const META_NEXT_ID: &str = "next_delivery_id";
+/// `meta` key of the layout version; bumped when rows or tables change shape
+/// so an older binary refuses a newer file instead of misreading it.
+pub(super) const META_SCHEMA: &str = "schema_version";
+pub(super) const SCHEMA_VERSION: u64 = 1;
+
+/// The stored form of an event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct EventRow {
+    pub event: Event,
+    pub received_ms: u64,
+    pub dedup_key: String,
+    pub dedup_until_ms: u64,
+}
+
+/// Namespaced key of an event-level dedup entry. Event- and rule-level keys
+/// share the `dedup` table (one expiry index, one prune pass) and must not
+/// collide, hence the prefixes.
+pub(super) fn event_dedup_key(key: &str) -> String {
+    format!("e\u{0}{key}")
+}
+
+/// Namespaced key of a rule-level dedup entry, scoped to the rule.
+pub(super) fn rule_dedup_key(rule: &str, key: &str) -> String {
+    format!("r\u{0}{rule}\u{0}{key}")
+}
+
+/// All tables of one write transaction, opened once: redb refuses to open the
+/// same table twice in a transaction, and every command touches several.
+pub(super) struct WriteTables<'t> {
+    pub events: redb::Table<'t, &'static str, &'static [u8]>,
+    pub event_deliveries: redb::Table<'t, (&'static str, u64), ()>,
+    pub dedup: redb::Table<'t, &'static str, (&'static str, u64)>,
+    pub dedup_expiry: redb::Table<'t, (u64, &'static str), ()>,
+    pub deliveries: redb::Table<'t, u64, &'static [u8]>,
+    pub due: redb::Table<'t, (u64, u64), ()>,
+    pub leased: redb::Table<'t, (u64, u64), ()>,
+    pub done: redb::Table<'t, u64, ()>,
+    pub dead: redb::Table<'t, u64, ()>,
+    pub attempts: redb::Table<'t, (u64, u32), &'static [u8]>,
+    pub meta: redb::Table<'t, &'static str, u64>,
+}
+
+impl<'t> WriteTables<'t> {
+    /// Opens (creating on first use) every table.
+    pub fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(WriteTables {
+            events: txn.open_table(EVENTS)?,
+            event_deliveries: txn.open_table(EVENT_DELIVERIES)?,
+            dedup: txn.open_table(DEDUP)?,
+            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            deliveries: txn.open_table(DELIVERIES)?,
+            due: txn.open_table(DUE)?,
+            leased: txn.open_table(LEASED)?,
+            done: txn.open_table(DONE)?,
+            dead: txn.open_table(DEAD)?,
+            attempts: txn.open_table(ATTEMPTS)?,
+            meta: txn.open_table(META)?,
+        })
+    }
+
+    pub fn put_delivery(&mut self, rec: &DeliveryRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rec)?;
+        self.deliveries.insert(rec.id, bytes.as_slice())?;
+        Ok(())
+    }
+
+    /// Hands out the next delivery id. The counter lives in the same
+    /// transaction, so an aborted batch does not burn ids and a committed one
+    /// never reuses them.
+    pub fn next_delivery_id(&mut self) -> Result<DeliveryId, StoreError> {
+        let id = self.meta.get(META_NEXT_ID)?.map(|g| g.value()).unwrap_or(1);
+        self.meta.insert(META_NEXT_ID, id + 1)?;
+        Ok(id)
+    }
+}
+
+pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
+}
+
+pub(super) fn load_event(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<EventRow>, StoreError> {
+    match t.get(key)? {
+        Some(g) => Ok(Some(decode(g.value(), "event row")?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn load_delivery(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    id: DeliveryId,
+) -> Result<Option<DeliveryRecord>, StoreError> {
+    match t.get(id)? {
+        Some(g) => Ok(Some(decode(g.value(), "delivery row")?)),
+        None => Ok(None),
+    }
+}
+
+/// Ids of an event's deliveries, in creation order.
+pub(super) fn delivery_ids_of(
+    t: &impl ReadableTable<(&'static str, u64), ()>,
+    event_key: &str,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    let mut ids = Vec::new();
+    for item in t.range((event_key, 0u64)..=(event_key, u64::MAX))? {
+        let (k, _) = item?;
+        ids.push(k.value().1);
+    }
+    Ok(ids)
+}
+
+/// Attempts of a delivery, oldest first, with their numbers.
+pub(super) fn attempts_of(
+    t: &impl ReadableTable<(u64, u32), &'static [u8]>,
+    id: DeliveryId,
+) -> Result<Vec<(u32, Attempt)>, StoreError> {
+    let mut out = Vec::new();
+    for item in t.range((id, 0u32)..=(id, u32::MAX))? {
+        let (k, v) = item?;
+        out.push((k.value().1, decode(v.value(), "attempt row")?));
+    }
+    Ok(out)
+}

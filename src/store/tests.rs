@@ -1,0 +1,741 @@
+//! Tests of the store contract against real redb files in temp directories.
+//!
+//! Covers dedup, group commit, leasing, retries, recovery after reopen,
+//! replay and prune. Does not cover disk failures (redb gives no hook to
+//! inject them through the public file API).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::writer::{self, KeyGen, Op, Out};
+use super::*;
+use crate::event::Event;
+
+const WINDOW: u64 = 10_000;
+const LEASE: u64 = 30_000;
+
+fn event(id: &str) -> Event {
+    Event {
+        id: id.to_owned(),
+        kind: "push".to_owned(),
+        source: "gh".to_owned(),
+        provider: "github".to_owned(),
+        received_at: "2024-01-01T00:00:00Z".to_owned(),
+        headers: BTreeMap::from([("x-github-delivery".to_owned(), id.to_owned())]),
+        query: BTreeMap::new(),
+        body: json!({ "id": id }),
+    }
+}
+
+fn delivery(rule: &str, action: u32) -> NewDelivery {
+    NewDelivery {
+        rule: rule.to_owned(),
+        action,
+        kind: "http".to_owned(),
+        dedup_key: None,
+        on_failure: None,
+    }
+}
+
+fn deduped(rule: &str, action: u32, key: &str) -> NewDelivery {
+    NewDelivery {
+        dedup_key: Some(key.to_owned()),
+        ..delivery(rule, action)
+    }
+}
+
+fn new_event(id: &str, received_ms: u64, deliveries: Vec<NewDelivery>) -> NewEvent {
+    NewEvent {
+        event: event(id),
+        dedup_key: format!("github\u{0}{id}"),
+        dedup_until_ms: received_ms + WINDOW,
+        received_ms,
+        deliveries,
+    }
+}
+
+fn attempt(at_ms: u64, outcome: &str, detail: Option<&str>) -> Attempt {
+    Attempt {
+        at_ms,
+        duration_ms: 5,
+        outcome: outcome.to_owned(),
+        status: Some(if outcome == "ok" { 200 } else { 500 }),
+        detail: detail.map(str::to_owned),
+    }
+}
+
+fn open(dir: &Path) -> Store {
+    match Store::open(&dir.join("store.redb")) {
+        Ok(s) => s,
+        Err(e) => panic!("open: {e}"),
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+async fn accept(store: &Store, ev: NewEvent) -> (String, Vec<DeliveryId>) {
+    match store.commit(ev).await.expect("commit") {
+        Committed::Accepted { key, deliveries } => (key, deliveries),
+        other => panic!("expected Accepted, got {other:?}"),
+    }
+}
+
+fn depth(store: &Store) -> QueueDepth {
+    store.queue_depth().expect("queue_depth")
+}
+
+#[tokio::test]
+async fn commit_then_duplicate() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(
+        &store,
+        new_event("a", 1_000, vec![delivery("r", 0), delivery("r", 1)]),
+    )
+    .await;
+    assert_eq!(ids.len(), 2);
+
+    let again = store
+        .commit(new_event("a", 2_000, vec![delivery("r", 0)]))
+        .await
+        .expect("commit");
+    assert_eq!(again, Committed::Duplicate { key: key.clone() });
+    assert_eq!(store.list_events(10, None).expect("list").len(), 1);
+    assert_eq!(depth(&store).pending, 2);
+
+    let detail = store.get_event(&key).expect("get").expect("present");
+    assert_eq!(detail.event, event("a"));
+    assert_eq!(detail.deliveries.len(), 2);
+
+    // Once the window has passed the same key is a new event.
+    let (later, _) = accept(&store, new_event("a", 1_000 + WINDOW, vec![])).await;
+    assert_ne!(later, key);
+}
+
+#[tokio::test]
+async fn empty_dedup_key_disables_event_dedup() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let mut ev = new_event("a", 1_000, vec![]);
+    ev.dedup_key = String::new();
+    let (k1, _) = accept(&store, ev.clone()).await;
+    let (k2, _) = accept(&store, ev).await;
+    assert_ne!(k1, k2);
+}
+
+#[tokio::test]
+async fn duplicate_after_reopen() {
+    let dir = tempdir();
+    let key = {
+        let store = open(dir.path());
+        accept(&store, new_event("a", 1_000, vec![delivery("r", 0)]))
+            .await
+            .0
+    };
+    let store = open(dir.path());
+    let again = store
+        .commit(new_event("a", 1_500, vec![delivery("r", 0)]))
+        .await
+        .expect("commit");
+    assert_eq!(again, Committed::Duplicate { key });
+}
+
+#[test]
+fn duplicates_within_one_batch() {
+    let dir = tempdir();
+    let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
+    writer::prepare(&db, 0).expect("prepare");
+    let mut keys = KeyGen::new();
+    let first = Op::Commit(new_event("a", 1_000, vec![delivery("r", 0)]));
+    let second = Op::Commit(new_event("a", 1_001, vec![delivery("r", 0)]));
+    let unknown = Op::Finish {
+        delivery: 999,
+        attempt: attempt(1_000, "ok", None),
+        next: Next::Done,
+        follow_ups: Vec::new(),
+    };
+    let done = writer::transact(&db, &[&first, &unknown, &second], &mut keys).expect("transact");
+    assert!(done.committed);
+    let mut outs = done.outs.into_iter();
+    let key = match outs.next() {
+        Some(Ok(Out::Committed(Committed::Accepted { key, deliveries }))) => {
+            assert_eq!(deliveries.len(), 1);
+            key
+        }
+        _ => panic!("first commit should be accepted"),
+    };
+    // A not-found error is answered alone; the batch carries on.
+    match outs.next() {
+        Some(Err(StoreError::UnknownDelivery(999))) => {}
+        _ => panic!("finish of an unknown delivery should fail alone"),
+    }
+    match outs.next() {
+        Some(Ok(Out::Committed(Committed::Duplicate { key: original }))) => {
+            assert_eq!(original, key)
+        }
+        _ => panic!("second commit should be a duplicate"),
+    }
+}
+
+#[tokio::test]
+async fn rule_level_dedup_skips_a_delivery() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    // A rule with two actions shares one key: both run.
+    let (_, first) = accept(
+        &store,
+        new_event(
+            "a",
+            1_000,
+            vec![
+                deduped("r", 0, "pr-1"),
+                deduped("r", 1, "pr-1"),
+                delivery("s", 0),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(first.len(), 3);
+
+    let (key, second) = accept(
+        &store,
+        new_event(
+            "b",
+            1_100,
+            vec![
+                deduped("r", 0, "pr-1"),
+                deduped("r", 1, "pr-1"),
+                delivery("s", 0),
+                // Same key under another rule does not collide.
+                deduped("other", 0, "pr-1"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(second.len(), 2);
+    let detail = store.get_event(&key).expect("get").expect("present");
+    let rules: Vec<&str> = detail
+        .deliveries
+        .iter()
+        .map(|d| d.record.rule.as_str())
+        .collect();
+    assert_eq!(rules, ["s", "other"]);
+
+    // After the window the rule key is free again.
+    let (_, third) = accept(
+        &store,
+        new_event("c", 1_000 + WINDOW, vec![deduped("r", 0, "pr-1")]),
+    )
+    .await;
+    assert_eq!(third.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commits_are_batched() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200u64 {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .commit(new_event(
+                    &format!("e{i}"),
+                    1_000 + i,
+                    vec![delivery("r", 0)],
+                ))
+                .await
+        });
+    }
+    let mut accepted = 0;
+    while let Some(res) = tasks.join_next().await {
+        match res.expect("task").expect("commit") {
+            Committed::Accepted { deliveries, .. } => {
+                assert_eq!(deliveries.len(), 1);
+                accepted += 1;
+            }
+            Committed::Duplicate { .. } => panic!("no duplicates expected"),
+        }
+    }
+    assert_eq!(accepted, 200);
+    let stats = store.batch_stats();
+    assert_eq!(stats.commands, 200);
+    assert!(
+        stats.transactions < 200,
+        "expected group commit, got {stats:?}"
+    );
+    assert!(stats.max_batch > 1);
+    assert_eq!(stats.histogram.iter().sum::<u64>(), stats.transactions);
+    assert_eq!(depth(&store).pending, 200);
+}
+
+#[tokio::test]
+async fn lease_then_finish_done() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+
+    assert!(
+        store
+            .lease_due(999, 10, LEASE)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let leased = store.lease_due(1_000, 10, LEASE).await.expect("lease");
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].delivery.id, ids[0]);
+    assert_eq!(leased[0].delivery.state, DeliveryState::Leased);
+    assert_eq!(leased[0].delivery.lease_until_ms, Some(1_000 + LEASE));
+    assert_eq!(leased[0].event, event("a"));
+    assert_eq!(depth(&store).leased, 1);
+    // Leased is not due again while the lease holds.
+    assert!(
+        store
+            .lease_due(2_000, 10, LEASE)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+
+    store
+        .finish(ids[0], attempt(1_010, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    let d = depth(&store);
+    assert_eq!((d.pending, d.leased, d.done, d.dead), (0, 0, 1, 0));
+    assert_eq!(store.next_due_ms().expect("next"), None);
+    let detail = store.get_event(&key).expect("get").expect("present");
+    let del = &detail.deliveries[0];
+    assert_eq!(del.record.state, DeliveryState::Done);
+    assert_eq!(del.record.attempts, 1);
+    assert_eq!(del.attempts, vec![attempt(1_010, "ok", None)]);
+}
+
+#[tokio::test]
+async fn retry_at_is_not_due_before_its_time() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (_, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    store.lease_due(1_000, 10, LEASE).await.expect("lease");
+    store
+        .finish(
+            ids[0],
+            attempt(1_010, "retry", Some("boom")),
+            Next::RetryAt(5_000),
+        )
+        .await
+        .expect("finish");
+    assert_eq!(store.next_due_ms().expect("next"), Some(5_000));
+    assert!(
+        store
+            .lease_due(4_999, 10, LEASE)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let again = store.lease_due(5_000, 10, LEASE).await.expect("lease");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.attempts, 1);
+    assert_eq!(again[0].delivery.last_error.as_deref(), Some("boom"));
+}
+
+#[tokio::test]
+async fn dead_and_follow_ups() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    store.lease_due(1_000, 10, LEASE).await.expect("lease");
+    let on_failure = NewDelivery {
+        on_failure: Some(FailureContext {
+            delivery: ids[0],
+            action: 0,
+            attempts: 1,
+            last_error: Some("boom".to_owned()),
+        }),
+        ..delivery("r", 0)
+    };
+    let follow = store
+        .finish_with(
+            ids[0],
+            attempt(1_010, "failed", Some("boom")),
+            Next::Dead,
+            vec![on_failure],
+        )
+        .await
+        .expect("finish");
+    assert_eq!(follow.len(), 1);
+    let d = depth(&store);
+    assert_eq!((d.pending, d.dead), (1, 1));
+
+    let dead = store
+        .list_deliveries(Some("failed".parse().expect("state")), 10)
+        .expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, ids[0]);
+    assert_eq!(dead[0].state, DeliveryState::Dead);
+    assert_eq!(dead[0].last_error.as_deref(), Some("boom"));
+
+    let pending = store
+        .list_deliveries(Some(DeliveryState::Pending), 10)
+        .expect("list");
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].event_key, key);
+    assert_eq!(
+        pending[0].on_failure.as_ref().map(|f| f.delivery),
+        Some(ids[0])
+    );
+
+    // A late finish on a dead delivery records the attempt only.
+    let late = store
+        .finish_with(
+            ids[0],
+            attempt(1_020, "ok", None),
+            Next::Done,
+            vec![delivery("r", 0)],
+        )
+        .await
+        .expect("late finish");
+    assert!(late.is_empty());
+    let detail = store.get_event(&key).expect("get").expect("present");
+    assert_eq!(detail.deliveries[0].record.state, DeliveryState::Dead);
+    assert_eq!(detail.deliveries[0].attempts.len(), 2);
+
+    let err = store
+        .finish(12345, attempt(1, "ok", None), Next::Done)
+        .await
+        .expect_err("unknown delivery");
+    assert!(err.is_not_found());
+}
+
+#[tokio::test]
+async fn leased_deliveries_come_back_after_reopen() {
+    let dir = tempdir();
+    let ids = {
+        let store = open(dir.path());
+        let (_, ids) = accept(
+            &store,
+            new_event("a", 1_000, vec![delivery("r", 0), delivery("r", 1)]),
+        )
+        .await;
+        let leased = store.lease_due(1_000, 10, 3_600_000).await.expect("lease");
+        assert_eq!(leased.len(), 2);
+        ids
+    };
+    let before = writer::now_ms();
+    let store = open(dir.path());
+    let d = depth(&store);
+    assert_eq!((d.pending, d.leased), (2, 0));
+    let due = store.next_due_ms().expect("next").expect("something due");
+    assert!(due >= before);
+    let again = store
+        .lease_due(writer::now_ms(), 10, LEASE)
+        .await
+        .expect("lease");
+    let got: Vec<DeliveryId> = again.iter().map(|l| l.delivery.id).collect();
+    assert_eq!(got, ids);
+}
+
+#[tokio::test]
+async fn expired_lease_is_due_again() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (_, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    store.lease_due(1_000, 10, 100).await.expect("lease");
+    assert_eq!(store.next_due_ms().expect("next"), Some(1_100));
+    assert!(
+        store
+            .lease_due(1_099, 10, 100)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let again = store.lease_due(1_100, 10, 100).await.expect("lease");
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].delivery.id, ids[0]);
+    assert_eq!(depth(&store).leased, 1);
+}
+
+#[tokio::test]
+async fn lease_order_is_arrival_order() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let mut all = Vec::new();
+    for i in 0..5 {
+        let (_, ids) = accept(
+            &store,
+            new_event(
+                &format!("e{i}"),
+                1_000,
+                vec![delivery("r", 0), delivery("s", 0)],
+            ),
+        )
+        .await;
+        all.extend(ids);
+    }
+    let mut got = Vec::new();
+    loop {
+        let batch = store.lease_due(1_000, 3, LEASE).await.expect("lease");
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.len() <= 3);
+        got.extend(batch.iter().map(|l| l.delivery.id));
+    }
+    assert_eq!(got, all);
+    assert!(all.windows(2).all(|w| w[0] < w[1]));
+}
+
+#[tokio::test]
+async fn replay_creates_new_pending_deliveries() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    store.lease_due(1_000, 10, LEASE).await.expect("lease");
+    store
+        .finish(ids[0], attempt(1_010, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+
+    let replayed = store
+        .replay(&key, vec![deduped("r", 0, "ignored")])
+        .await
+        .expect("replay");
+    assert_eq!(replayed.len(), 1);
+    assert!(replayed[0] > ids[0]);
+    let detail = store.get_event(&key).expect("get").expect("present");
+    assert_eq!(detail.deliveries.len(), 2);
+    assert_eq!(detail.deliveries[1].record.state, DeliveryState::Pending);
+    assert_eq!(depth(&store).pending, 1);
+    let leased = store
+        .lease_due(writer::now_ms(), 10, LEASE)
+        .await
+        .expect("lease");
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].delivery.id, replayed[0]);
+
+    let err = store
+        .replay("no-such-event", vec![delivery("r", 0)])
+        .await
+        .expect_err("unknown event");
+    assert!(err.is_not_found());
+}
+
+#[tokio::test]
+async fn prune_removes_old_finished_events_only() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (old_done, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    let (old_pending, _) = accept(&store, new_event("b", 1_000, vec![delivery("r", 0)])).await;
+    let mut recent = new_event("c", 40_000, vec![delivery("r", 0)]);
+    recent.dedup_until_ms = 100_000;
+    let (recent_key, recent_ids) = accept(&store, recent).await;
+
+    let leased = store.lease_due(1_000, 1, LEASE).await.expect("lease");
+    assert_eq!(leased[0].delivery.id, ids[0]);
+    store
+        .finish(ids[0], attempt(1_010, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    store.lease_due(40_000, 10, LEASE).await.expect("lease");
+    store
+        .finish(recent_ids[0], attempt(40_010, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+
+    let stats = store.prune(50_000, 20_000).await.expect("prune");
+    assert_eq!(stats.events, 1);
+    assert_eq!(stats.deliveries, 1);
+    assert_eq!(stats.attempts, 1);
+    assert_eq!(stats.dedup_keys, 2);
+    assert!(store.get_event(&old_done).expect("get").is_none());
+    assert!(store.get_event(&old_pending).expect("get").is_some());
+    assert!(store.get_event(&recent_key).expect("get").is_some());
+    let d = depth(&store);
+    assert_eq!((d.pending, d.leased, d.done), (0, 1, 1));
+
+    // The unexpired dedup key survives the prune.
+    let dup = store
+        .commit(new_event("c", 50_000, vec![]))
+        .await
+        .expect("commit");
+    assert_eq!(dup, Committed::Duplicate { key: recent_key });
+    // The expired ones are gone.
+    accept(&store, new_event("a", 50_000, vec![])).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prune_works_in_chunks() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let n = writer::PRUNE_EVENTS_PER_CHUNK as u64 * 2 + 10;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let store = store.clone();
+        tasks.spawn(async move {
+            store
+                .commit(new_event(&format!("e{i}"), 1_000 + i, vec![]))
+                .await
+        });
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.expect("task").expect("commit");
+    }
+    let stats = store.prune(1_000_000, 1_000).await.expect("prune");
+    assert_eq!(stats.events, n);
+    assert_eq!(stats.dedup_keys, n);
+    assert!(stats.chunks >= 3, "{stats:?}");
+    let left = store.list_events(1000, None).expect("list");
+    assert!(
+        left.is_empty(),
+        "{stats:?} left {} first {:?}",
+        left.len(),
+        left.first()
+    );
+}
+
+#[tokio::test]
+async fn queue_depth_counts() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    assert_eq!(depth(&store), QueueDepth::default());
+    let (_, ids) = accept(
+        &store,
+        new_event(
+            "a",
+            1_000,
+            vec![
+                delivery("r", 0),
+                delivery("r", 1),
+                delivery("r", 2),
+                delivery("r", 3),
+            ],
+        ),
+    )
+    .await;
+    store.lease_due(1_000, 3, LEASE).await.expect("lease");
+    let d = depth(&store);
+    assert_eq!((d.pending, d.leased, d.done, d.dead), (1, 3, 0, 0));
+    store
+        .finish(ids[0], attempt(1_001, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    store
+        .finish(ids[1], attempt(1_001, "failed", None), Next::Dead)
+        .await
+        .expect("finish");
+    let d = depth(&store);
+    assert_eq!((d.pending, d.leased, d.done, d.dead), (1, 1, 1, 1));
+    assert_eq!(
+        store.list_deliveries(None, 10).expect("list").len(),
+        4,
+        "all deliveries"
+    );
+    let events = store.list_events(10, None).expect("list");
+    assert_eq!(
+        events[0].deliveries,
+        DeliveryCounts {
+            pending: 1,
+            leased: 1,
+            done: 1,
+            dead: 1
+        }
+    );
+}
+
+#[tokio::test]
+async fn list_events_is_newest_first_and_pages() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let mut keys = Vec::new();
+    for i in 0..5 {
+        keys.push(
+            accept(&store, new_event(&format!("e{i}"), 1_000 + i, vec![]))
+                .await
+                .0,
+        );
+    }
+    let page = store.list_events(2, None).expect("list");
+    let got: Vec<&str> = page.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(got, [keys[4].as_str(), keys[3].as_str()]);
+    assert_eq!(page[0].event_id, "e4");
+    let next = store.list_events(10, Some(&page[1].key)).expect("list");
+    let got: Vec<&str> = next.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(got, [keys[2].as_str(), keys[1].as_str(), keys[0].as_str()]);
+}
+
+#[tokio::test]
+async fn attempt_detail_is_capped() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    store.lease_due(1_000, 1, LEASE).await.expect("lease");
+    let long = "é".repeat(MAX_DETAIL_BYTES);
+    store
+        .finish(ids[0], attempt(1_001, "failed", Some(&long)), Next::Dead)
+        .await
+        .expect("finish");
+    let detail = store.get_event(&key).expect("get").expect("present");
+    let stored = detail.deliveries[0].attempts[0]
+        .detail
+        .as_deref()
+        .expect("detail");
+    assert!(stored.len() <= MAX_DETAIL_BYTES);
+    assert!(stored.len() > MAX_DETAIL_BYTES - 4);
+}
+
+#[tokio::test]
+async fn notified_after_commit() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    // The permit is kept even though nobody was waiting at commit time.
+    tokio::time::timeout(Duration::from_secs(5), store.notified())
+        .await
+        .expect("notified");
+}
+
+#[tokio::test]
+async fn close_stops_writes_and_releases_the_file() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let other = store.clone();
+    accept(&store, new_event("a", 1_000, vec![])).await;
+    store.close().await.expect("close");
+    let err = other
+        .commit(new_event("b", 1_000, vec![]))
+        .await
+        .expect_err("closed");
+    assert!(matches!(err, StoreError::Closed));
+    assert!(err.is_unavailable());
+    // Reads still work until the last handle goes.
+    assert_eq!(other.list_events(10, None).expect("list").len(), 1);
+    drop(store);
+    drop(other);
+    let store = open(dir.path());
+    assert_eq!(store.list_events(10, None).expect("list").len(), 1);
+}
+
+#[test]
+fn state_names() {
+    for (name, state) in [
+        ("pending", DeliveryState::Pending),
+        ("leased", DeliveryState::Leased),
+        ("done", DeliveryState::Done),
+        ("dead", DeliveryState::Dead),
+        ("failed", DeliveryState::Dead),
+        ("DEAD", DeliveryState::Dead),
+    ] {
+        assert_eq!(name.parse::<DeliveryState>(), Ok(state));
+    }
+    assert!("bogus".parse::<DeliveryState>().is_err());
+    assert_eq!(
+        serde_json::to_string(&DeliveryState::Pending).expect("json"),
+        "\"pending\""
+    );
+}

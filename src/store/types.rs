@@ -1,0 +1,307 @@
+//! The store's vocabulary: what callers hand in and what they get back.
+//!
+//! Owns the plain data types of the store contract (`NewEvent`,
+//! `DeliveryRecord`, `Attempt`, ...). They carry no redb types, so a different
+//! backend (PostgreSQL, say) can implement the same contract with the same
+//! types. It does not own persistence (see `schema` and `writer`) nor the
+//! `Store` handle (see the parent module).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::Event;
+
+/// Identifier of one delivery. Allocated from a counter inside the same write
+/// transaction that creates the delivery, so id order is arrival order and ids
+/// are never reused, even across restarts.
+pub type DeliveryId = u64;
+
+/// Most bytes of an attempt's `detail` (and of a delivery's `last_error`) kept
+/// in the store. Action output can be arbitrarily large; the store keeps enough
+/// to diagnose, not a log archive.
+pub const MAX_DETAIL_BYTES: usize = 4096;
+
+/// An accepted, verified event together with the deliveries its matching rules
+/// asked for. Committed atomically: either all of it is durable or none of it.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event: Event,
+    /// Event-level dedup key, e.g. `"github\u{0}<delivery-id>"`. If the key is
+    /// already recorded and unexpired, the commit answers
+    /// [`Committed::Duplicate`] and writes nothing. An empty key disables
+    /// event-level dedup for this event.
+    pub dedup_key: String,
+    /// Expiry (unix ms) of the dedup key and of any rule-level dedup keys
+    /// recorded by this commit: `received + window`.
+    pub dedup_until_ms: u64,
+    /// Unix ms at which the request was received. Deliveries become due at this
+    /// time, dedup keys are judged unexpired relative to it, and the event key
+    /// (a ULID) carries it as its timestamp.
+    pub received_ms: u64,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// One delivery to create: run action `action` of rule `rule` for the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub rule: String,
+    /// Index of the action in the rule (or in its `on_failure` list when
+    /// `on_failure` is set).
+    pub action: u32,
+    /// `"http"`, `"shell"` or `"log"`; kept only for listing and filtering.
+    pub kind: String,
+    /// Optional rule-level dedup key (the rendered `dedup:` template of the
+    /// rule). Scoped to the rule: the same key under two rules does not
+    /// collide. If the key is already recorded and unexpired, this delivery is
+    /// skipped (not created). Otherwise the key is recorded with the event's
+    /// `dedup_until_ms`. Several deliveries of one event sharing the key (the
+    /// rule's several actions) are all kept: the check is against keys recorded
+    /// before this event. Ignored by `replay` and follow-ups, which are
+    /// explicit requests to run again.
+    pub dedup_key: Option<String>,
+    /// Set for deliveries created because another delivery died.
+    pub on_failure: Option<FailureContext>,
+}
+
+/// Why an `on_failure` delivery exists: the delivery that died and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureContext {
+    /// The delivery that died.
+    pub delivery: DeliveryId,
+    /// Its action index in the rule.
+    pub action: u32,
+    /// How many attempts it made.
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// Answer to [`crate::store::Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// The event is durable under `key` (a new ULID), with the listed
+    /// deliveries (rule-level duplicates are not among them).
+    Accepted {
+        key: String,
+        deliveries: Vec<DeliveryId>,
+    },
+    /// The event-level dedup key was already recorded and unexpired; nothing
+    /// was written. `key` is the original event's key. That event may since
+    /// have been pruned if the retention is shorter than the dedup window.
+    Duplicate { key: String },
+}
+
+/// Life cycle of a delivery.
+///
+/// `Pending` (waiting for its due time) -> `Leased` (a worker runs it) ->
+/// `Pending` again (retry), `Done` or `Dead`. A `Leased` delivery whose lease
+/// expired, or that was leased when the process stopped, is due again: the
+/// store gives at-least-once execution, never at-most-once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Leased,
+    Done,
+    Dead,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Leased => "leased",
+            DeliveryState::Done => "done",
+            DeliveryState::Dead => "dead",
+        }
+    }
+
+    /// `Done` and `Dead` are final: nothing will run the delivery again unless
+    /// someone replays the event.
+    pub fn is_final(self) -> bool {
+        matches!(self, DeliveryState::Done | DeliveryState::Dead)
+    }
+}
+
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state name that is not one of `pending`, `leased`, `done`, `dead`,
+/// `failed`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown delivery state {0:?} (expected pending, leased, done, dead or failed)")]
+pub struct ParseStateError(pub String);
+
+impl FromStr for DeliveryState {
+    type Err = ParseStateError;
+
+    /// Parses a state name, case-insensitively.
+    ///
+    /// `failed` is an alias of `dead`: the deliveries that gave up. A delivery
+    /// that failed but will retry is `pending` with `attempts > 0` and a
+    /// `last_error`; it is not a state of its own, because the store indexes
+    /// states and "failed once, retrying" would have to be found by scanning.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "pending" => Ok(DeliveryState::Pending),
+            "leased" => Ok(DeliveryState::Leased),
+            "done" => Ok(DeliveryState::Done),
+            "dead" | "failed" => Ok(DeliveryState::Dead),
+            _ => Err(ParseStateError(s.to_owned())),
+        }
+    }
+}
+
+/// A delivery as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub id: DeliveryId,
+    /// Key of the event record (the ULID), not the provider's event id.
+    pub event_key: String,
+    pub rule: String,
+    pub action: u32,
+    pub kind: String,
+    pub state: DeliveryState,
+    /// Attempts recorded so far.
+    pub attempts: u32,
+    /// When the delivery is (or was last) due, unix ms.
+    pub due_at_ms: u64,
+    pub created_ms: u64,
+    /// While `Leased`: when the lease runs out and the delivery is due again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_until_ms: Option<u64>,
+    /// Detail of the most recent failed attempt (kept after a later success).
+    pub last_error: Option<String>,
+    pub on_failure: Option<FailureContext>,
+}
+
+/// A delivery handed to a worker, with the event it is for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Leased {
+    pub delivery: DeliveryRecord,
+    pub event: Event,
+}
+
+/// One execution of a delivery's action, as reported by the worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    /// `"ok"`, `"retry"` or `"failed"`.
+    pub outcome: String,
+    /// HTTP status or process exit code.
+    pub status: Option<i32>,
+    /// Error or output excerpt; truncated to [`MAX_DETAIL_BYTES`] when stored.
+    pub detail: Option<String>,
+}
+
+/// What happens to a delivery after an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Done,
+    /// Pending again, due at this unix ms.
+    RetryAt(u64),
+    Dead,
+}
+
+/// An event with all its deliveries and their attempts, for inspection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventDetail {
+    pub key: String,
+    pub received_ms: u64,
+    pub dedup_key: String,
+    pub event: Event,
+    /// In id (creation) order.
+    pub deliveries: Vec<DeliveryDetail>,
+}
+
+/// A delivery with its attempts, oldest attempt first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryDetail {
+    #[serde(flatten)]
+    pub record: DeliveryRecord,
+    pub attempts: Vec<Attempt>,
+}
+
+/// One line of the event list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSummary {
+    pub key: String,
+    /// The provider's event id.
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub source: String,
+    pub provider: String,
+    pub received_at: String,
+    pub received_ms: u64,
+    pub deliveries: DeliveryCounts,
+}
+
+/// Deliveries of one event by state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeliveryCounts {
+    pub pending: u32,
+    pub leased: u32,
+    pub done: u32,
+    pub dead: u32,
+}
+
+/// Deliveries in the whole store by state. `pending` includes retries whose
+/// due time is still in the future.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueDepth {
+    pub pending: u64,
+    pub leased: u64,
+    pub done: u64,
+    pub dead: u64,
+}
+
+/// What one `prune` removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneStats {
+    pub events: u64,
+    pub deliveries: u64,
+    pub attempts: u64,
+    pub dedup_keys: u64,
+    /// Write transactions used; each one is bounded so other writers wait
+    /// for at most one chunk.
+    pub chunks: u64,
+}
+
+impl PruneStats {
+    pub(crate) fn add(&mut self, other: &PruneStats) {
+        self.events += other.events;
+        self.deliveries += other.deliveries;
+        self.attempts += other.attempts;
+        self.dedup_keys += other.dedup_keys;
+        self.chunks += other.chunks;
+    }
+}
+
+/// Snapshot of group-commit statistics, for metrics.
+///
+/// `histogram[i]` counts committed write transactions that carried at most
+/// `BatchStats::BUCKETS[i]` commands (and more than the previous bound); the
+/// last slot counts larger ones. Buckets are not cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchStats {
+    /// Write transactions committed by the writer thread.
+    pub transactions: u64,
+    /// Commands answered by those transactions.
+    pub commands: u64,
+    /// Write transactions that failed to apply or commit.
+    pub failed_transactions: u64,
+    /// Largest batch seen.
+    pub max_batch: u64,
+    pub histogram: [u64; 8],
+}
+
+impl BatchStats {
+    /// Upper bounds of the histogram buckets, in commands per transaction.
+    pub const BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 64, 256];
+}

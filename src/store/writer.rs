@@ -1,0 +1,826 @@
+//! The single writer thread and everything that mutates the database.
+//!
+//! Owns group commit: one `std::thread` receives commands from a bounded
+//! channel, drains everything queued (up to [`MAX_BATCH`]), applies all of it
+//! in ONE redb write transaction, commits durably (redb's default
+//! `Durability::Immediate`, i.e. fsync) and only then answers each caller.
+//! One fsync thus covers many webhooks under load, and nobody is told "stored"
+//! before the data is on disk.
+//!
+//! It also owns the policies applied inside a transaction: event- and
+//! rule-level dedup, id allocation, leasing, attempt bookkeeping, prune.
+//! It does not own the public handle, the read side or the table layout
+//! (`mod.rs`, `schema.rs`).
+//!
+//! Failure isolation: a command that refers to something missing (unknown
+//! event or delivery) is rejected before it writes anything, and the batch goes
+//! on. Any other error (storage, corrupt row) aborts the whole transaction;
+//! the batch is then retried one command per transaction, so one poisonous
+//! command cannot fail its neighbours, while a dead disk fails each of them
+//! with its own error.
+
+use std::collections::{HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::StoreError;
+use super::schema::{
+    META_SCHEMA, SCHEMA_VERSION, WriteTables, delivery_ids_of, event_dedup_key, load_delivery,
+    load_event, rule_dedup_key,
+};
+use super::types::{
+    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
+    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, PruneStats,
+};
+use crate::event::Event;
+
+/// Most commands applied in one write transaction. Bounds how long a batch
+/// holds the writer (and how much an aborted batch has to redo one by one).
+pub(super) const MAX_BATCH: usize = 512;
+
+/// Events examined per prune chunk.
+pub(super) const PRUNE_EVENTS_PER_CHUNK: usize = 256;
+/// Expired dedup keys removed per prune chunk.
+pub(super) const PRUNE_DEDUP_PER_CHUNK: usize = 1024;
+
+/// A write request.
+pub(super) enum Op {
+    Commit(NewEvent),
+    Lease {
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    },
+    Finish {
+        delivery: DeliveryId,
+        attempt: Attempt,
+        next: Next,
+        follow_ups: Vec<NewDelivery>,
+    },
+    Replay {
+        event_key: String,
+        deliveries: Vec<NewDelivery>,
+    },
+    Prune(PruneChunk),
+}
+
+/// One bounded step of a prune; `Store::prune` loops over these so that other
+/// writers get the writer between chunks.
+pub(super) struct PruneChunk {
+    pub now_ms: u64,
+    pub cutoff_ms: u64,
+    /// Last event key examined by the previous chunk.
+    pub after: Option<String>,
+    /// Events are finished; only dedup keys remain.
+    pub events_done: bool,
+}
+
+pub(super) struct PruneOut {
+    pub stats: PruneStats,
+    /// Where the next chunk resumes the event scan; `None` when it is done.
+    pub cursor: Option<String>,
+    /// More expired dedup keys may remain.
+    pub dedup_more: bool,
+}
+
+/// The answer to an [`Op`].
+pub(super) enum Out {
+    Committed(Committed),
+    Leased(Vec<Leased>),
+    Ids(Vec<DeliveryId>),
+    Pruned(PruneOut),
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Out, StoreError>>;
+
+pub(super) enum Cmd {
+    Op(Box<Op>, Reply),
+    /// Finish what is queued, stop accepting commands, exit, then acknowledge.
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// State shared between the writer thread and the handles.
+#[derive(Default)]
+pub(super) struct Shared {
+    /// Woken (`notify_one`, so a wake-up is never lost between a dispatcher's
+    /// lease and its wait) after a commit that created due or soon-due work.
+    pub notify: Arc<Notify>,
+    pub counters: Counters,
+}
+
+#[derive(Default)]
+pub(super) struct Counters {
+    transactions: AtomicU64,
+    commands: AtomicU64,
+    failed: AtomicU64,
+    max_batch: AtomicU64,
+    histogram: [AtomicU64; 8],
+}
+
+impl Counters {
+    fn committed(&self, commands: usize) {
+        let n = u64::try_from(commands).unwrap_or(u64::MAX);
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.commands.fetch_add(n, Ordering::Relaxed);
+        self.max_batch.fetch_max(n, Ordering::Relaxed);
+        let slot = BatchStats::BUCKETS
+            .iter()
+            .position(|&bound| n <= bound)
+            .unwrap_or(BatchStats::BUCKETS.len());
+        if let Some(h) = self.histogram.get(slot) {
+            h.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> BatchStats {
+        BatchStats {
+            transactions: self.transactions.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+            failed_transactions: self.failed.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+            histogram: self.histogram.each_ref().map(|h| h.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// Unix time in ms from the system clock, for timestamps the callers do not
+/// supply (replay and follow-up deliveries, lease recovery on open).
+pub(super) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Event keys: ULIDs whose timestamp is the receive time, monotonic within
+/// this process so keys sort in commit order even within one millisecond.
+/// `list_events` pages by key and `prune` range-scans by key.
+pub(super) struct KeyGen(ulid::Generator);
+
+impl KeyGen {
+    pub(super) fn new() -> Self {
+        KeyGen(ulid::Generator::new())
+    }
+
+    fn next(&mut self, ms: u64) -> String {
+        let at = UNIX_EPOCH + Duration::from_millis(ms);
+        match self.0.generate_from_datetime(at) {
+            Ok(u) => u.to_string(),
+            // Only after 2^80 keys in one millisecond; a random ULID is still unique.
+            Err(_) => ulid::Ulid::from_datetime(at).to_string(),
+        }
+    }
+}
+
+/// Prepares a freshly opened database: creates the tables, checks the schema
+/// version, and turns every `Leased` delivery back into `Pending`, due `now`.
+/// A lease outliving its process means the worker may or may not have run
+/// the action; running it again is the at-least-once promise.
+/// Returns the number of pending deliveries.
+pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
+    let txn = db.begin_write()?;
+    let pending = {
+        let mut t = WriteTables::open(&txn)?;
+        let found = t.meta.get(META_SCHEMA)?.map(|g| g.value());
+        match found {
+            None => {
+                t.meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(v) => {
+                return Err(StoreError::Schema {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        }
+        let mut leased = Vec::new();
+        for item in t.leased.iter()? {
+            let (k, _) = item?;
+            leased.push(k.value());
+        }
+        if !leased.is_empty() {
+            tracing::info!(
+                count = leased.len(),
+                "requeueing deliveries leased before restart"
+            );
+        }
+        for (until, id) in leased {
+            t.leased.remove((until, id))?;
+            if let Some(mut rec) = load_delivery(&t.deliveries, id)? {
+                rec.state = DeliveryState::Pending;
+                rec.lease_until_ms = None;
+                rec.due_at_ms = now;
+                t.put_delivery(&rec)?;
+                t.due.insert((now, id), ())?;
+            }
+        }
+        t.due.len()?
+    };
+    txn.commit()?;
+    Ok(pending)
+}
+
+/// The writer thread's body. Returns when every handle is gone or after a
+/// shutdown request, having answered every command it accepted.
+pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
+    let mut keys = KeyGen::new();
+    let mut acks = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = Vec::new();
+        let mut next = Some(first);
+        while let Some(cmd) = next {
+            match cmd {
+                Cmd::Op(op, reply) => batch.push((*op, reply)),
+                Cmd::Shutdown(ack) => {
+                    // Commands already queued are still received and answered;
+                    // later sends fail, so callers get `Closed`.
+                    rx.close();
+                    acks.push(ack);
+                }
+            }
+            next = if batch.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !batch.is_empty() {
+            process(&db, &shared, &mut keys, batch);
+        }
+    }
+    drop(db);
+    tracing::debug!("store writer stopped");
+    for ack in acks {
+        let _ = ack.send(());
+    }
+}
+
+/// Applies one batch and answers its callers.
+fn process(db: &Database, shared: &Shared, keys: &mut KeyGen, batch: Vec<(Op, Reply)>) {
+    let ops: Vec<&Op> = batch.iter().map(|(op, _)| op).collect();
+    match transact(db, &ops, keys) {
+        Ok(done) => {
+            finish_txn(shared, &done, ops.len());
+            for ((_, reply), out) in batch.into_iter().zip(done.outs) {
+                // A caller that gave up waiting is not an error here.
+                let _ = reply.send(out);
+            }
+        }
+        Err(e) if batch.len() == 1 => {
+            shared.counters.failed();
+            tracing::error!(error = %e, "store write failed");
+            if let Some((_, reply)) = batch.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
+        Err(e) => {
+            shared.counters.failed();
+            tracing::warn!(error = %e, size = batch.len(), "store batch failed; retrying one by one");
+            for (op, reply) in batch {
+                let answer = match transact(db, &[&op], keys) {
+                    Ok(mut done) => {
+                        finish_txn(shared, &done, 1);
+                        done.outs
+                            .pop()
+                            .unwrap_or(Err(StoreError::Internal("missing answer")))
+                    }
+                    Err(e) => {
+                        shared.counters.failed();
+                        tracing::error!(error = %e, "store write failed");
+                        Err(e)
+                    }
+                };
+                let _ = reply.send(answer);
+            }
+        }
+    }
+}
+
+fn finish_txn(shared: &Shared, done: &Transacted, commands: usize) {
+    if done.committed {
+        shared.counters.committed(commands);
+    }
+    if done.wake {
+        shared.notify.notify_one();
+    }
+}
+
+/// Side effects of applying ops, decided inside the transaction.
+#[derive(Default)]
+struct Effects {
+    /// Something was written: commit (fsync) rather than abort.
+    dirty: bool,
+    /// Due work was created or rescheduled: wake the dispatcher after commit.
+    wake: bool,
+}
+
+pub(super) struct Transacted {
+    pub outs: Vec<Result<Out, StoreError>>,
+    pub committed: bool,
+    pub wake: bool,
+}
+
+/// Applies `ops` in one write transaction. `Err` means nothing was written.
+pub(super) fn transact(
+    db: &Database,
+    ops: &[&Op],
+    keys: &mut KeyGen,
+) -> Result<Transacted, StoreError> {
+    let txn = db.begin_write()?;
+    let mut fx = Effects::default();
+    match apply_all(&txn, ops, keys, &mut fx) {
+        Ok(outs) => {
+            // A batch that only found nothing to lease needs no fsync.
+            if fx.dirty {
+                txn.commit()?;
+            } else {
+                txn.abort()?;
+            }
+            Ok(Transacted {
+                outs,
+                committed: fx.dirty,
+                wake: fx.wake,
+            })
+        }
+        Err(e) => {
+            if let Err(abort) = txn.abort() {
+                tracing::warn!(error = %abort, "aborting store transaction failed");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn apply_all(
+    txn: &WriteTransaction,
+    ops: &[&Op],
+    keys: &mut KeyGen,
+    fx: &mut Effects,
+) -> Result<Vec<Result<Out, StoreError>>, StoreError> {
+    let mut t = WriteTables::open(txn)?;
+    let now = now_ms();
+    let mut outs = Vec::with_capacity(ops.len());
+    for op in ops {
+        match apply(&mut t, op, now, keys, fx) {
+            Ok(out) => outs.push(Ok(out)),
+            Err(e) if e.is_not_found() => outs.push(Err(e)),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(outs)
+}
+
+/// Applies one op. Not-found errors must be raised before the first write,
+/// because the transaction carries on with the other ops.
+fn apply(
+    t: &mut WriteTables<'_>,
+    op: &Op,
+    now: u64,
+    keys: &mut KeyGen,
+    fx: &mut Effects,
+) -> Result<Out, StoreError> {
+    match op {
+        Op::Commit(ev) => commit(t, ev, keys, fx).map(Out::Committed),
+        Op::Lease {
+            now_ms,
+            limit,
+            lease_ms,
+        } => lease(t, *now_ms, *limit, *lease_ms, fx).map(Out::Leased),
+        Op::Finish {
+            delivery,
+            attempt,
+            next,
+            follow_ups,
+        } => finish(t, *delivery, attempt, *next, follow_ups, now, fx).map(Out::Ids),
+        Op::Replay {
+            event_key,
+            deliveries,
+        } => replay(t, event_key, deliveries, now, fx).map(Out::Ids),
+        Op::Prune(chunk) => prune(t, chunk, fx).map(Out::Pruned),
+    }
+}
+
+/// The event row as written, borrowing the event to avoid a copy.
+#[derive(Serialize)]
+struct EventRowRef<'a> {
+    event: &'a Event,
+    received_ms: u64,
+    dedup_key: &'a str,
+    dedup_until_ms: u64,
+}
+
+/// The event key behind `dedup_key` if the entry exists and expires after
+/// `at_ms`.
+fn live_dedup(
+    t: &WriteTables<'_>,
+    dedup_key: &str,
+    at_ms: u64,
+) -> Result<Option<String>, StoreError> {
+    Ok(t.dedup.get(dedup_key)?.and_then(|g| {
+        let (event_key, expires) = g.value();
+        (expires > at_ms).then(|| event_key.to_owned())
+    }))
+}
+
+/// Records (or renews) a dedup entry, keeping the expiry index in step.
+fn put_dedup(
+    t: &mut WriteTables<'_>,
+    dedup_key: &str,
+    event_key: &str,
+    expires: u64,
+) -> Result<(), StoreError> {
+    let old = t
+        .dedup
+        .insert(dedup_key, (event_key, expires))?
+        .map(|g| g.value().1);
+    if let Some(old_expires) = old {
+        t.dedup_expiry.remove((old_expires, dedup_key))?;
+    }
+    t.dedup_expiry.insert((expires, dedup_key), ())?;
+    Ok(())
+}
+
+fn create_delivery(
+    t: &mut WriteTables<'_>,
+    event_key: &str,
+    d: &NewDelivery,
+    due_ms: u64,
+) -> Result<DeliveryId, StoreError> {
+    let id = t.next_delivery_id()?;
+    let rec = DeliveryRecord {
+        id,
+        event_key: event_key.to_owned(),
+        rule: d.rule.clone(),
+        action: d.action,
+        kind: d.kind.clone(),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        due_at_ms: due_ms,
+        created_ms: due_ms,
+        lease_until_ms: None,
+        last_error: None,
+        on_failure: d.on_failure.clone(),
+    };
+    t.put_delivery(&rec)?;
+    t.due.insert((due_ms, id), ())?;
+    t.event_deliveries.insert((event_key, id), ())?;
+    Ok(id)
+}
+
+fn commit(
+    t: &mut WriteTables<'_>,
+    ev: &NewEvent,
+    keys: &mut KeyGen,
+    fx: &mut Effects,
+) -> Result<Committed, StoreError> {
+    let at = ev.received_ms;
+    let event_dedup = (!ev.dedup_key.is_empty()).then(|| event_dedup_key(&ev.dedup_key));
+    if let Some(k) = &event_dedup {
+        if let Some(original) = live_dedup(t, k, at)? {
+            return Ok(Committed::Duplicate { key: original });
+        }
+    }
+
+    // Rule-level keys are judged against what was recorded before this event,
+    // so a rule's several actions (sharing one key) are all kept.
+    let mut blocked = HashSet::new();
+    let mut fresh = Vec::new();
+    let mut seen = HashSet::new();
+    for d in &ev.deliveries {
+        if let Some(k) = &d.dedup_key {
+            let k = rule_dedup_key(&d.rule, k);
+            if seen.insert(k.clone()) {
+                if live_dedup(t, &k, at)?.is_some() {
+                    blocked.insert(k);
+                } else {
+                    fresh.push(k);
+                }
+            }
+        }
+    }
+
+    let key = keys.next(at);
+    let row = serde_json::to_vec(&EventRowRef {
+        event: &ev.event,
+        received_ms: at,
+        dedup_key: &ev.dedup_key,
+        dedup_until_ms: ev.dedup_until_ms,
+    })?;
+    t.events.insert(key.as_str(), row.as_slice())?;
+    fx.dirty = true;
+    if let Some(k) = &event_dedup {
+        put_dedup(t, k, &key, ev.dedup_until_ms)?;
+    }
+    for k in &fresh {
+        put_dedup(t, k, &key, ev.dedup_until_ms)?;
+    }
+
+    let mut ids = Vec::with_capacity(ev.deliveries.len());
+    for d in &ev.deliveries {
+        let skip = d
+            .dedup_key
+            .as_ref()
+            .is_some_and(|k| blocked.contains(&rule_dedup_key(&d.rule, k)));
+        if skip {
+            continue;
+        }
+        ids.push(create_delivery(t, &key, d, at)?);
+    }
+    if !ids.is_empty() {
+        fx.wake = true;
+    }
+    Ok(Committed::Accepted {
+        key,
+        deliveries: ids,
+    })
+}
+
+fn lease(
+    t: &mut WriteTables<'_>,
+    now: u64,
+    limit: usize,
+    lease_ms: u64,
+    fx: &mut Effects,
+) -> Result<Vec<Leased>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // Candidates: pending deliveries due by now, and leases that ran out
+    // (their expiry is their due time). Both indexes are sorted by
+    // (time, id), so the first `limit` of each suffice.
+    let mut candidates: Vec<(u64, DeliveryId, bool)> = Vec::new();
+    for item in t.due.range(..=(now, u64::MAX))?.take(limit) {
+        let (k, _) = item?;
+        let (at, id) = k.value();
+        candidates.push((at, id, false));
+    }
+    for item in t.leased.range(..=(now, u64::MAX))?.take(limit) {
+        let (k, _) = item?;
+        let (at, id) = k.value();
+        candidates.push((at, id, true));
+    }
+    candidates.sort_unstable();
+    candidates.truncate(limit);
+
+    let until = now.saturating_add(lease_ms);
+    let mut events: HashMap<String, Event> = HashMap::new();
+    let mut out = Vec::with_capacity(candidates.len());
+    for (at, id, was_leased) in candidates {
+        if was_leased {
+            t.leased.remove((at, id))?;
+        } else {
+            t.due.remove((at, id))?;
+        }
+        fx.dirty = true;
+        let Some(mut rec) = load_delivery(&t.deliveries, id)? else {
+            tracing::warn!(delivery = id, "index entry without delivery row; dropped");
+            continue;
+        };
+        let event = match events.get(&rec.event_key) {
+            Some(e) => e.clone(),
+            None => match load_event(&t.events, &rec.event_key)? {
+                Some(row) => {
+                    events.insert(rec.event_key.clone(), row.event.clone());
+                    row.event
+                }
+                None => {
+                    // Cannot run without its event; park it where people look.
+                    tracing::warn!(delivery = id, event = %rec.event_key, "delivery without event; marked dead");
+                    rec.state = DeliveryState::Dead;
+                    rec.lease_until_ms = None;
+                    rec.last_error = Some("event record missing".to_owned());
+                    t.put_delivery(&rec)?;
+                    t.dead.insert(id, ())?;
+                    continue;
+                }
+            },
+        };
+        rec.state = DeliveryState::Leased;
+        rec.lease_until_ms = Some(until);
+        t.put_delivery(&rec)?;
+        t.leased.insert((until, id), ())?;
+        out.push(Leased {
+            delivery: rec,
+            event,
+        });
+    }
+    Ok(out)
+}
+
+/// Cuts `s` to at most `max` bytes on a char boundary.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+fn finish(
+    t: &mut WriteTables<'_>,
+    id: DeliveryId,
+    attempt: &Attempt,
+    next: Next,
+    follow_ups: &[NewDelivery],
+    now: u64,
+    fx: &mut Effects,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    let Some(mut rec) = load_delivery(&t.deliveries, id)? else {
+        return Err(StoreError::UnknownDelivery(id));
+    };
+    if !follow_ups.is_empty() && t.events.get(rec.event_key.as_str())?.is_none() {
+        return Err(StoreError::UnknownEvent(rec.event_key));
+    }
+
+    let mut attempt = attempt.clone();
+    if let Some(detail) = &mut attempt.detail {
+        truncate(detail, MAX_DETAIL_BYTES);
+    }
+    let n = rec.attempts.saturating_add(1);
+    t.attempts
+        .insert((id, n), serde_json::to_vec(&attempt)?.as_slice())?;
+    rec.attempts = n;
+    fx.dirty = true;
+    if attempt.outcome != "ok" {
+        rec.last_error = Some(match (&attempt.detail, attempt.status) {
+            (Some(d), _) => d.clone(),
+            (None, Some(status)) => format!("{} (status {status})", attempt.outcome),
+            (None, None) => attempt.outcome.clone(),
+        });
+    }
+
+    if rec.state.is_final() {
+        // A worker whose lease ran out finished after another one did: keep
+        // its attempt for the record, but the first decision stands and its
+        // follow-ups were already created.
+        tracing::debug!(delivery = id, state = %rec.state, "finish on a finished delivery; attempt recorded only");
+        t.put_delivery(&rec)?;
+        return Ok(Vec::new());
+    }
+    match rec.state {
+        DeliveryState::Pending => {
+            t.due.remove((rec.due_at_ms, id))?;
+        }
+        DeliveryState::Leased => {
+            if let Some(until) = rec.lease_until_ms {
+                t.leased.remove((until, id))?;
+            }
+        }
+        DeliveryState::Done | DeliveryState::Dead => {}
+    }
+    rec.lease_until_ms = None;
+    match next {
+        Next::Done => {
+            rec.state = DeliveryState::Done;
+            t.done.insert(id, ())?;
+        }
+        Next::RetryAt(at) => {
+            rec.state = DeliveryState::Pending;
+            rec.due_at_ms = at;
+            t.due.insert((at, id), ())?;
+            // The dispatcher may be sleeping past `at`.
+            fx.wake = true;
+        }
+        Next::Dead => {
+            rec.state = DeliveryState::Dead;
+            t.dead.insert(id, ())?;
+        }
+    }
+    t.put_delivery(&rec)?;
+
+    let mut ids = Vec::with_capacity(follow_ups.len());
+    for d in follow_ups {
+        ids.push(create_delivery(t, &rec.event_key, d, now)?);
+        fx.wake = true;
+    }
+    Ok(ids)
+}
+
+fn replay(
+    t: &mut WriteTables<'_>,
+    event_key: &str,
+    deliveries: &[NewDelivery],
+    now: u64,
+    fx: &mut Effects,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    if t.events.get(event_key)?.is_none() {
+        return Err(StoreError::UnknownEvent(event_key.to_owned()));
+    }
+    let mut ids = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        ids.push(create_delivery(t, event_key, d, now)?);
+        fx.dirty = true;
+        fx.wake = true;
+    }
+    Ok(ids)
+}
+
+fn prune(
+    t: &mut WriteTables<'_>,
+    chunk: &PruneChunk,
+    fx: &mut Effects,
+) -> Result<PruneOut, StoreError> {
+    let mut stats = PruneStats {
+        chunks: 1,
+        ..PruneStats::default()
+    };
+    let mut cursor = None;
+    if !chunk.events_done {
+        // Keys are ULIDs stamped no earlier than the receive time, so every
+        // key below this one was received before the cutoff.
+        let cutoff_key = ulid::Ulid::from_parts(chunk.cutoff_ms, 0).to_string();
+        let lower = match &chunk.after {
+            Some(after) => Bound::Excluded(after.as_str()),
+            None => Bound::Unbounded,
+        };
+        let mut scanned = Vec::new();
+        for item in t
+            .events
+            .range::<&str>((lower, Bound::Excluded(cutoff_key.as_str())))?
+            .take(PRUNE_EVENTS_PER_CHUNK)
+        {
+            let (k, _) = item?;
+            scanned.push(k.value().to_owned());
+        }
+        if scanned.len() == PRUNE_EVENTS_PER_CHUNK {
+            cursor = scanned.last().cloned();
+        }
+        for key in &scanned {
+            if prune_event(t, key, &mut stats)? {
+                fx.dirty = true;
+            }
+        }
+    }
+
+    let mut expired = Vec::new();
+    for item in t
+        .dedup_expiry
+        .range(..(chunk.now_ms.saturating_add(1), ""))?
+        .take(PRUNE_DEDUP_PER_CHUNK)
+    {
+        let (k, _) = item?;
+        let (expires, dedup_key) = k.value();
+        expired.push((expires, dedup_key.to_owned()));
+    }
+    let dedup_more = expired.len() == PRUNE_DEDUP_PER_CHUNK;
+    for (expires, dedup_key) in expired {
+        t.dedup_expiry.remove((expires, dedup_key.as_str()))?;
+        let current = t.dedup.get(dedup_key.as_str())?.map(|g| g.value().1);
+        if current == Some(expires) {
+            t.dedup.remove(dedup_key.as_str())?;
+            stats.dedup_keys += 1;
+        }
+        fx.dirty = true;
+    }
+    Ok(PruneOut {
+        stats,
+        cursor,
+        dedup_more,
+    })
+}
+
+/// Removes one event with its deliveries and attempts, if every delivery is
+/// final; says whether it did. Events with work left are kept whatever their
+/// age.
+fn prune_event(
+    t: &mut WriteTables<'_>,
+    key: &str,
+    stats: &mut PruneStats,
+) -> Result<bool, StoreError> {
+    let ids = delivery_ids_of(&t.event_deliveries, key)?;
+    for &id in &ids {
+        let unfinished = load_delivery(&t.deliveries, id)?.is_some_and(|rec| !rec.state.is_final());
+        if unfinished {
+            return Ok(false);
+        }
+    }
+    for id in ids {
+        let mut removed = 0u64;
+        t.attempts.retain_in((id, 0u32)..=(id, u32::MAX), |_, _| {
+            removed += 1;
+            false
+        })?;
+        stats.attempts += removed;
+        t.done.remove(id)?;
+        t.dead.remove(id)?;
+        t.deliveries.remove(id)?;
+        t.event_deliveries.remove((key, id))?;
+        stats.deliveries += 1;
+    }
+    t.events.remove(key)?;
+    stats.events += 1;
+    Ok(true)
+}
