@@ -1,1 +1,3 @@
-//! Integration tests: the real binary, driven from outside.
+//! Integration tests: the real binary, real HTTP, real processes.
+
+mod support;

@@ -1,0 +1,454 @@
+//! Test support: run the real binary, talk to it over HTTP, and stand in for
+//! the services its actions call.
+//!
+//! `Hookrouter` runs one-shot commands (`check`, `test`, `schema`) and
+//! captures their output. `Server` starts `hookrouter serve` on
+//! `127.0.0.1:0`, reads the bound address from its log, and kills it on
+//! drop. `Receiver` is a local HTTP server that records requests and answers
+//! with scripted statuses.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hookrouter");
+
+/// The repository root, for `rules/` and `tests/fixtures/`.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("tests/fixtures").join(rel)
+}
+
+/// Run the binary with `args`; never inherits HOOKROUTER_* from the caller.
+pub fn run(args: &[&str]) -> Output {
+    run_in(&root(), args)
+}
+
+pub fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env_remove("HOOKROUTER_RULES")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run hookrouter")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Write `text` to `dir/name`, creating folders.
+pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+/// Poll `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// A running `hookrouter serve`.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub admin: Option<String>,
+    pub log: Arc<Mutex<String>>,
+    pub data: PathBuf,
+}
+
+/// Options for starting a server.
+#[derive(Clone)]
+pub struct ServerOpts {
+    pub rules: PathBuf,
+    pub data: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub admin: bool,
+}
+
+impl ServerOpts {
+    pub fn new(rules: &Path, data: &Path) -> Self {
+        ServerOpts {
+            rules: rules.to_path_buf(),
+            data: data.to_path_buf(),
+            args: Vec::new(),
+            env: Vec::new(),
+            admin: false,
+        }
+    }
+    pub fn arg(mut self, a: &str) -> Self {
+        self.args.push(a.to_owned());
+        self
+    }
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    pub fn admin(mut self) -> Self {
+        self.admin = true;
+        self
+    }
+    pub fn start(self) -> Server {
+        Server::start_with(self)
+    }
+}
+
+impl Server {
+    pub fn start(rules: &Path, data: &Path) -> Server {
+        ServerOpts::new(rules, data).start()
+    }
+
+    pub fn start_with(opts: ServerOpts) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--rules")
+            .arg(&opts.rules)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data")
+            .arg(&opts.data)
+            .args(&opts.args)
+            .current_dir(root())
+            .env_remove("HOOKROUTER_RULES")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if opts.admin {
+            cmd.arg("--admin").arg("127.0.0.1:0");
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start hookrouter serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>)>();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut sent = false;
+                let mut addr = None;
+                let mut admin = None;
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(a) = field(&line, "admin_addr=") {
+                        admin = Some(a);
+                    }
+                    if line.contains("Listening for webhooks.") {
+                        addr = field(&line, "addr=");
+                    }
+                    log.lock().unwrap().push_str(&line);
+                    log.lock().unwrap().push('\n');
+                    if !sent && addr.is_some() {
+                        let _ = tx.send((addr.clone().unwrap(), admin.clone()));
+                        sent = true;
+                    }
+                }
+            });
+        }
+        let (addr, admin) = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child,
+            addr,
+            admin,
+            log,
+            data: opts.data,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!(
+            "http://{}{path}",
+            self.admin.as_deref().expect("started with admin")
+        )
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `needle` `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().matches(needle).count() >= count)
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait for exit.
+    pub fn terminate(&mut self) -> Option<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+        request("POST", &self.url(path), headers, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn field(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)? + key.len();
+    let rest = &line[start..];
+    let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"').to_owned())
+}
+
+/// An HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into()
+}
+
+/// One HTTP request; statuses are returned, never errors.
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Resp {
+    let mut req = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(body.to_vec()).expect("request");
+    let mut resp = agent().run(req).expect("send request");
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+        .collect();
+    let body = resp.body_mut().read_to_string().unwrap_or_default();
+    Resp {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
+    request("GET", url, headers, b"")
+}
+
+/// The headers `provider` would send for `body`, signed with `secret`.
+pub fn signed_headers(
+    provider: &str,
+    secret: &str,
+    body: &[u8],
+    id: &str,
+) -> Vec<(String, String)> {
+    let settings = hookrouter::providers::ProviderSettings {
+        secrets: vec![hookrouter::providers::Secret::new(secret)],
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    hookrouter::providers::sign(provider, &settings, body, id, now, "http://localhost/")
+        .expect("sign")
+}
+
+pub fn as_refs(h: &[(String, String)]) -> Vec<(&str, &str)> {
+    h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A recorded request.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted answer: status, extra headers, and a delay before answering.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Self {
+        Answer {
+            status,
+            headers: Vec::new(),
+            delay: Duration::ZERO,
+        }
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.to_owned(), v.to_owned()));
+        self
+    }
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+}
+
+/// A local HTTP server that records every request and answers from a
+/// script (then 200 once the script runs out).
+pub struct Receiver {
+    pub addr: String,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+    script: Arc<Mutex<VecDeque<Answer>>>,
+    server: Arc<tiny_http::Server>,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        Self::start_on("127.0.0.1:0")
+    }
+
+    pub fn start_on(addr: &str) -> Receiver {
+        let server = Arc::new(tiny_http::Server::http(addr).expect("receiver"));
+        let addr = server.server_addr().to_ip().expect("ip").to_string();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let script: Arc<Mutex<VecDeque<Answer>>> = Arc::new(Mutex::new(VecDeque::new()));
+        for _ in 0..4 {
+            let server = server.clone();
+            let requests = requests.clone();
+            let script = script.clone();
+            std::thread::spawn(move || {
+                while let Ok(mut req) = server.recv() {
+                    let mut body = Vec::new();
+                    let _ = req.as_reader().read_to_end(&mut body);
+                    let answer = script
+                        .lock()
+                        .unwrap()
+                        .pop_front()
+                        .unwrap_or_else(|| Answer::status(200));
+                    requests.lock().unwrap().push(Recorded {
+                        method: req.method().to_string(),
+                        url: req.url().to_owned(),
+                        headers: req
+                            .headers()
+                            .iter()
+                            .map(|h| (h.field.to_string(), h.value.to_string()))
+                            .collect(),
+                        body,
+                        at: Instant::now(),
+                    });
+                    std::thread::sleep(answer.delay);
+                    let mut resp =
+                        tiny_http::Response::from_string("ok").with_status_code(answer.status);
+                    for (k, v) in &answer.headers {
+                        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
+                            resp.add_header(h);
+                        }
+                    }
+                    let _ = req.respond(resp);
+                }
+            });
+        }
+        Receiver {
+            addr,
+            requests,
+            script,
+            server,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Queue answers for the next requests.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.script.lock().unwrap().extend(answers);
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn wait_count(&self, n: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.count() >= n)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.server.unblock();
+    }
+}
