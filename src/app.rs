@@ -13,9 +13,12 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, Admin};
 use crate::cli::ServeArgs;
 use crate::config;
 use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::reload::{ReloadStatus, Reloader};
 use crate::server::{self, Ingress, Limits};
 use crate::store::Store;
 use crate::telemetry;
@@ -68,6 +71,24 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     let addr = listener
         .local_addr()
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
+    let admin_listener = match &args.admin {
+        Some(a) => match TcpListener::bind(a).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(addr = %a, error = %e, "Cannot listen for the admin API.");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    metrics.record_reload(
+        true,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
+    );
+    let reload_status = Arc::new(ReloadStatus::default());
     let rules = Arc::new(ArcSwap::from_pointee(loaded.rules));
     {
         let set = rules.load();
@@ -83,7 +104,29 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(shutdown.clone()));
 
-    let dispatcher = Dispatcher::new(rules.clone(), store.clone(), args.workers);
+    let reloader = Reloader {
+        paths: args.rules.rules.clone(),
+        rules: rules.clone(),
+        status: reload_status.clone(),
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(reloader.run(shutdown.clone()));
+
+    let admin_task = admin_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(admin_addr = %a, auth = args.admin_token.is_some(), "Admin API listening.");
+        }
+        let admin = Arc::new(Admin {
+            rules: rules.clone(),
+            store: store.clone(),
+            token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            metrics: metrics.clone(),
+            reload: reload_status.clone(),
+        });
+        tokio::spawn(admin::run(l, admin, shutdown.clone()))
+    });
+
+    let dispatcher = Dispatcher::new(rules.clone(), store.clone(), metrics.clone(), args.workers);
     let dispatch_stop = CancellationToken::new();
     let dispatch_task = tokio::spawn(dispatcher.run(dispatch_stop.clone(), args.grace));
 
@@ -95,11 +138,15 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
             dedup_window: args.dedup_window,
             ..Limits::default()
         },
+        metrics: metrics.clone(),
     });
     server::run(listener, ingress, shutdown.clone()).await;
     tracing::info!("Stopped accepting; draining actions.");
     dispatch_stop.cancel();
     let _ = dispatch_task.await;
+    if let Some(t) = admin_task {
+        let _ = t.await;
+    }
     if let Err(e) = store.close().await {
         tracing::error!(error = %e, "Closing the data file failed.");
     }

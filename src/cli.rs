@@ -11,8 +11,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::admin::DeliveryFilter;
 use crate::config::{self, Diagnostics};
 use crate::dryrun;
+use crate::inspect;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -57,9 +59,132 @@ pub enum Command {
         after_help = "Example:\n  hookrouter test --rules rules/ --source github --body push.json \\\n      --header 'X-GitHub-Event: push' --header 'X-GitHub-Delivery: 1'"
     )]
     Test(TestArgs),
+    /// List stored events, or show one with its deliveries and attempts.
+    #[command(
+        after_help = "Examples:\n  hookrouter events --admin 127.0.0.1:9001\n  hookrouter events 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --data hookrouter.redb --json"
+    )]
+    Events(EventsArgs),
+    /// List deliveries: all, by state, or those that failed.
+    #[command(
+        after_help = "Examples:\n  hookrouter deliveries --failed --admin 127.0.0.1:9001\n  hookrouter deliveries --state pending --json"
+    )]
+    Deliveries(DeliveriesArgs),
+    /// Run an event's actions again (all, or one rule's).
+    #[command(
+        after_help = "Examples:\n  hookrouter replay 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --admin 127.0.0.1:9001\n  hookrouter replay 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --rule deploy-main --data hookrouter.redb"
+    )]
+    Replay(ReplayArgs),
+    /// Print the headers a provider would send for a body, to try rules with curl.
+    #[command(
+        after_help = "Example (bash):\n  mapfile -t H < <(hookrouter sign --provider github --secret dev-secret --body push.json --id 1)\n  curl -X POST localhost:9000/hooks/github -H 'Content-Type: application/json' \\\n      -H 'X-GitHub-Event: push' \"${H[@]/#/-H}\" --data-binary @push.json"
+    )]
+    Sign(SignArgs),
     /// Print the JSON Schema of the rule format.
     #[command(after_help = "Example:\n  hookrouter schema > schemas/rules.schema.json")]
     Schema,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example:\n  hookrouter completions bash > /etc/bash_completion.d/hookrouter"
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Where `events`, `deliveries` and `replay` read from.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// A running server's admin address (host:port or URL).
+    #[arg(long, value_name = "URL", env = "HOOKROUTER_ADMIN_URL")]
+    pub admin: Option<String>,
+    /// Bearer token for the admin API.
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "HOOKROUTER_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+    /// The data file, read directly when no --admin is given (and no server holds it).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "HOOKROUTER_DATA",
+        default_value = "hookrouter.redb"
+    )]
+    pub data: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl StoreArgs {
+    fn target(&self) -> inspect::Target {
+        match &self.admin {
+            Some(url) => inspect::Target::Admin {
+                url: url.clone(),
+                token: self.admin_token.clone(),
+            },
+            None => inspect::Target::Data(self.data.clone()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EventsArgs {
+    /// Show this event (its key, as printed by `events` and in the 202 answer).
+    pub key: Option<String>,
+    /// How many events to list, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeliveriesArgs {
+    /// Only deliveries whose last attempt failed (retrying or dead).
+    #[arg(long, conflicts_with = "state")]
+    pub failed: bool,
+    /// Only deliveries in this state: pending, leased, done, dead.
+    #[arg(long)]
+    pub state: Option<String>,
+    /// How many deliveries to list.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The event's key.
+    pub key: String,
+    /// Replay only this rule's actions.
+    #[arg(long, value_name = "NAME")]
+    pub rule: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SignArgs {
+    /// The provider whose scheme to sign with.
+    #[arg(long)]
+    pub provider: String,
+    /// The secret (as configured on the source).
+    #[arg(long, env = "HOOKROUTER_SIGN_SECRET", hide_env_values = true)]
+    pub secret: String,
+    /// The body to sign; `-` reads standard input.
+    #[arg(long, value_name = "FILE")]
+    pub body: PathBuf,
+    /// The event or message id, where the scheme carries one.
+    #[arg(long, default_value = "")]
+    pub id: String,
+    /// The public URL the provider calls (Twilio, Square sign it).
+    #[arg(long, default_value = "http://localhost:9000/")]
+    pub url: String,
 }
 
 /// Where the rules are.
@@ -197,10 +322,66 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve(&args),
         Command::Check(args) => check(&args),
         Command::Test(args) => test(&args),
+        Command::Events(a) => {
+            inspect::events(&a.store.target(), a.key.as_deref(), a.limit, a.store.json)
+        }
+        Command::Deliveries(a) => {
+            let filter = if a.failed {
+                DeliveryFilter::Failed
+            } else {
+                match a.state.as_deref().map(DeliveryFilter::parse) {
+                    None => DeliveryFilter::All,
+                    Some(Ok(f)) => f,
+                    Some(Err(e)) => return usage_error(&e),
+                }
+            };
+            inspect::deliveries(&a.store.target(), filter, a.limit, a.store.json)
+        }
+        Command::Replay(a) => {
+            inspect::replay(&a.store.target(), &a.key, a.rule.as_deref(), a.store.json)
+        }
+        Command::Sign(a) => sign(&a),
         Command::Schema => {
             println!("{}", schema_json());
             ExitCode::SUCCESS
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "hookrouter", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn read_body(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+    } else {
+        std::fs::read(path)
+    }
+}
+
+fn sign(args: &SignArgs) -> ExitCode {
+    let body = match read_body(&args.body) {
+        Ok(b) => b,
+        Err(e) => return usage_error(&format!("cannot read {}: {e}", args.body.display())),
+    };
+    let settings = crate::providers::ProviderSettings {
+        secrets: vec![crate::providers::Secret::new(args.secret.clone())],
+        ..Default::default()
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    match crate::providers::sign(&args.provider, &settings, &body, &args.id, now, &args.url) {
+        Ok(headers) => {
+            for (k, v) in headers {
+                println!("{k}: {v}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(&e),
     }
 }
 
@@ -323,13 +504,7 @@ fn test(args: &TestArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let body = if args.body.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
-    } else {
-        std::fs::read(&args.body)
-    };
-    let body = match body {
+    let body = match read_body(&args.body) {
         Ok(b) => b,
         Err(e) => return usage_error(&format!("cannot read {}: {e}", args.body.display())),
     };

@@ -88,7 +88,7 @@ impl Op {
             "regex" => match operand {
                 Value::String(re) => Regex::new(re)
                     .map(Op::Regex)
-                    .map_err(|e| format!("invalid regex: {}", one_line(&e.to_string()))),
+                    .map_err(|e| format!("invalid regex {re:?}: {}", regex_error(&e))),
                 other => Err(format!(
                     "`regex` needs a string, found {}",
                     json_type(other)
@@ -322,7 +322,32 @@ fn one_line(s: &str) -> String {
 /// The parser's message, on one line.
 pub fn compile_path(path: &str) -> Result<JpQuery, String> {
     jsonpath_rust::parser::parse_json_path(path)
-        .map_err(|e| format!("invalid JSONPath: {}", one_line(&e.to_string())))
+        .map_err(|e| format!("invalid JSONPath: {}", path_error(&e.to_string())))
+}
+
+/// The parser's multi-line report (` --> 1:11`, the path, a caret,
+/// `= expected selector`) as one line: `expected selector at character 11`.
+fn path_error(text: &str) -> String {
+    let column = text
+        .lines()
+        .find_map(|l| l.split_once("--> ").map(|(_, at)| at))
+        .and_then(|at| at.split_once(':'))
+        .map(|(_, col)| col.trim());
+    let what = text.lines().find_map(|l| l.trim().strip_prefix("= "));
+    match (what, column) {
+        (Some(what), Some(col)) => format!("{what} at character {col}"),
+        _ => one_line(text),
+    }
+}
+
+/// The regex crate's multi-line syntax report (pattern, caret, `error: …`)
+/// reduced to its last line; the pattern is quoted by the caller.
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map_or_else(|| one_line(&text), str::to_owned)
 }
 
 #[cfg(test)]
@@ -464,5 +489,18 @@ mod tests {
         assert!(Op::compile("nope", &json!(1)).is_err());
         assert!(compile_path("$..[").is_err());
         assert!(compile_path("ref").is_err());
+    }
+
+    #[test]
+    fn operand_errors_read_on_one_line() {
+        let err = Op::compile("regex", &json!("^acme/(api")).unwrap_err();
+        assert_eq!(err, r#"invalid regex "^acme/(api": unclosed group"#);
+        let err = compile_path("$.commits[").unwrap_err();
+        assert_eq!(err, "invalid JSONPath: expected selector at character 11");
+        let err = Op::compile("endswith", &json!("x")).unwrap_err();
+        assert!(
+            err.starts_with("unknown operator `endswith` (expected one of equals,"),
+            "{err}"
+        );
     }
 }

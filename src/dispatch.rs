@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::actions::render::{self, Rendered};
 use crate::actions::{self, Outcome, Verdict};
 use crate::ingest::unix_ms;
+use crate::metrics::Metrics;
 use crate::rules::{Action, ActionKind, RetryPolicy, Rule, RuleSet};
 use crate::store::{Attempt, FailureContext, Leased, NewDelivery, Next, Store};
 
@@ -40,6 +41,7 @@ type LaneKey = (String, u32, bool, u32);
 
 pub struct Dispatcher {
     rules: Arc<ArcSwap<RuleSet>>,
+    metrics: Arc<Metrics>,
     store: Store,
     client: reqwest::Client,
     workers: Arc<Semaphore>,
@@ -67,10 +69,16 @@ pub fn backoff(
 }
 
 impl Dispatcher {
-    pub fn new(rules: Arc<ArcSwap<RuleSet>>, store: Store, workers: usize) -> Arc<Dispatcher> {
+    pub fn new(
+        rules: Arc<ArcSwap<RuleSet>>,
+        store: Store,
+        metrics: Arc<Metrics>,
+        workers: usize,
+    ) -> Arc<Dispatcher> {
         let workers = workers.max(1);
         Arc::new(Dispatcher {
             rules,
+            metrics,
             store,
             client: actions::http::client(),
             workers: Arc::new(Semaphore::new(workers)),
@@ -260,6 +268,15 @@ impl Dispatcher {
             (_, Next::RetryAt(_)) => "retry",
             _ => "failed",
         };
+        self.metrics.record_attempt(
+            &d.kind,
+            if next == Next::Dead {
+                "dead"
+            } else {
+                verdict_text
+            },
+            started.elapsed().as_secs_f64(),
+        );
         let event_id = &leased.event.id;
         match next {
             Next::Done => {

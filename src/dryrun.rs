@@ -55,7 +55,27 @@ pub struct ActionReport {
     pub origin: String,
     pub retry_attempts: u32,
     pub timeout_ms: u64,
+    #[serde(serialize_with = "rendered_json")]
     pub rendered: Result<Rendered, String>,
+}
+
+/// `rendered` as JSON with an HTTP body as text (lossy UTF-8), not the list
+/// of byte values serde would make of it.
+fn rendered_json<S: serde::Serializer>(
+    r: &Result<Rendered, String>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let mut value = serde_json::to_value(r).map_err(serde::ser::Error::custom)?;
+    if let Some(body) = value.pointer_mut("/Ok/body")
+        && let Some(bytes) = body.as_array()
+    {
+        let bytes: Vec<u8> = bytes
+            .iter()
+            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect();
+        *body = serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    value.serialize(s)
 }
 
 /// Errors that stop a dry run before routing.

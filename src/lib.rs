@@ -14,6 +14,7 @@
 //! run, record, retry) → `actions` (http, shell, log).
 
 pub mod actions;
+pub mod admin;
 pub mod app;
 pub mod body;
 pub mod cli;
@@ -23,8 +24,12 @@ pub mod dispatch;
 pub mod dryrun;
 pub mod envelope;
 pub mod event;
+pub mod fuzzing;
 pub mod ingest;
+pub mod inspect;
+pub mod metrics;
 pub mod providers;
+pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod store;

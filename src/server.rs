@@ -30,6 +30,7 @@ use crate::body::BodyError;
 use crate::envelope;
 use crate::event::RawRequest;
 use crate::ingest::{self, Outcome};
+use crate::metrics::Metrics;
 use crate::providers::{Admission, AdmitError, admit};
 use crate::rules::RuleSet;
 use crate::store::Store;
@@ -63,6 +64,7 @@ pub struct Ingress {
     pub rules: Arc<ArcSwap<RuleSet>>,
     pub store: Store,
     pub limits: Limits,
+    pub metrics: Arc<Metrics>,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -155,7 +157,23 @@ async fn serve_connection(
 }
 
 async fn handle(req: Request<Incoming>, ingress: &Ingress) -> Resp {
+    let started = std::time::Instant::now();
+    // In-flight requests finish on the rule set they started with, whatever
+    // a reload swaps in meanwhile.
     let set = ingress.rules.load_full();
+    let source = set
+        .source_for_path(req.uri().path())
+        .map(|s| s.name.clone());
+    let resp = respond(req, ingress, &set).await;
+    ingress.metrics.record_request(
+        source.as_deref().unwrap_or(""),
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+async fn respond(req: Request<Incoming>, ingress: &Ingress, set: &RuleSet) -> Resp {
     let path = req.uri().path().to_owned();
     let Some(source) = set.source_for_path(&path) else {
         return error(StatusCode::NOT_FOUND, "no source at this path");
@@ -215,6 +233,9 @@ async fn handle(req: Request<Incoming>, ingress: &Ingress) -> Resp {
         }
         Err(AdmitError::Verify(e)) => {
             tracing::warn!(source = %source.name, reason = e.reason(), detail = %e, "Signature verification failed.");
+            ingress
+                .metrics
+                .record_verify_failure(&source.name, e.reason());
             return error(StatusCode::UNAUTHORIZED, "signature verification failed");
         }
         Err(AdmitError::Body(BodyError::Unsupported(ct))) => {
@@ -230,7 +251,7 @@ async fn handle(req: Request<Incoming>, ingress: &Ingress) -> Resp {
         }
     };
     let event_id = event.id.clone();
-    match ingest::ingest(&set, &ingress.store, event, ingress.limits.dedup_window).await {
+    match ingest::ingest(set, &ingress.store, event, ingress.limits.dedup_window).await {
         Ok(Outcome::Accepted {
             id,
             key,
@@ -238,6 +259,9 @@ async fn handle(req: Request<Incoming>, ingress: &Ingress) -> Resp {
             deliveries,
         }) => {
             tracing::info!(event_id = %id, key = %key, source = %source.name, rules = ?matched, deliveries, "Event accepted.");
+            for rule in &matched {
+                ingress.metrics.record_match(rule);
+            }
             reply(
                 StatusCode::ACCEPTED,
                 serde_json::json!({"status": "accepted", "id": id, "key": key, "deliveries": deliveries}),

@@ -1,10 +1,12 @@
 //! minijinja templates: parsed when rules load, rendered per delivery.
 //!
 //! Owns the template environment and its policy:
-//! - Undefined values are **strict**: printing, iterating or testing a value
-//!   that does not exist is a render error (the delivery fails with a message
-//!   naming it) rather than an empty string quietly reaching a shell argument
-//!   or a URL. Use `default`, `is defined` or `if` for optional fields.
+//! - Undefined values are **strict**: printing or iterating a value that
+//!   does not exist, or reading an attribute of one, is a render error (the
+//!   delivery fails with a message naming it) rather than an empty string
+//!   quietly reaching a shell argument or a URL. Testing one is allowed, so
+//!   optional fields are written `{{ x | default('none') }}`, `{% if x %}`,
+//!   or `{{ a.b if a else 'none' }}`.
 //! - Templates see only the context they are given (`body`, `headers`,
 //!   `query`, `event`, `rule`, `failure`). There is no loader, so `include`
 //!   and `import` fail, and no function reads files or the environment.
@@ -89,7 +91,7 @@ fn has_syntax(src: &str) -> bool {
 impl Templates {
     pub fn new() -> Self {
         let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_fuel(Some(FUEL));
         env.set_recursion_limit(64);
         // Outputs go to URLs, JSON and argv, never to HTML.
@@ -207,14 +209,18 @@ impl Templates {
     }
 }
 
-/// minijinja's message plus, where it has one, the detail line.
+/// minijinja's message and detail, without the internal template name
+/// (`t12`) its `Display` appends; the line is kept when the template spans
+/// several.
 fn describe(e: &minijinja::Error) -> String {
-    let mut msg = e.to_string();
-    if let Some(detail) = e.detail()
-        && !msg.contains(detail)
+    let mut msg = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    if let Some(line) = e.line()
+        && line > 1
     {
-        msg.push_str(": ");
-        msg.push_str(detail);
+        msg.push_str(&format!(" (line {line} of the template)"));
     }
     msg
 }
@@ -256,6 +262,12 @@ mod tests {
         assert!(matches!(err, TemplateError::Render(_)), "{err}");
         let tpl = t.compile("x={{ body.missing | default('none') }}").unwrap();
         assert_eq!(t.render(&tpl, &ctx()).unwrap(), "x=none");
+        let tpl = t.compile("x={{ body.missing.deeper }}").unwrap();
+        assert!(t.render(&tpl, &ctx()).is_err());
+        let tpl = t
+            .compile("x={{ body.missing.deeper if body.missing else 'none' }}")
+            .unwrap();
+        assert_eq!(t.render(&tpl, &ctx()).unwrap(), "x=none");
     }
 
     #[test]
@@ -272,6 +284,18 @@ mod tests {
         let mut t = Templates::new();
         let err = t.compile("{{ body.repo ").unwrap_err();
         assert!(matches!(err, TemplateError::Parse(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "invalid template: syntax error: unexpected end of input, expected end of variable block"
+        );
+        let err = t.compile("line one\n{{ body.repo }\n").unwrap_err();
+        assert!(
+            err.to_string().ends_with(" (line 2 of the template)"),
+            "{err}"
+        );
+        let tpl = t.compile("x={{ body.missing }}").unwrap();
+        let err = t.render(&tpl, &ctx()).unwrap_err().to_string();
+        assert!(!err.contains("(in t"), "{err}");
         assert!(t.compile_typed("{{ body. }}").is_err());
     }
 

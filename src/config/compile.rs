@@ -148,8 +148,9 @@ impl Compiler {
                 self.secrets.extend(e.secrets.into_iter().map(Secret::new));
                 Some(e.text)
             }
-            Err(msg) => {
-                self.error(ctx, pos, msg);
+            Err(e) => {
+                let at = locate_reference(ctx.file, pos, text, &e.reference).unwrap_or(pos);
+                self.error(ctx, at, e.message);
                 None
             }
         }
@@ -1049,6 +1050,45 @@ impl Compiler {
     }
 }
 
+/// Where `reference` (as written, `${env:NAME}`) appears in `file`, looking
+/// only in the stretch of text that can hold the value `value` that starts at
+/// `start`: a block scalar puts it on a later line, quoting shifts its column.
+/// `None` when the file cannot be read or the reference is not found there
+/// verbatim (the caller then points at the value's start).
+fn locate_reference(file: &Path, start: Pos, value: &str, reference: &str) -> Option<Pos> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let line_start = if start.line <= 1 {
+        0
+    } else {
+        text.match_indices('\n')
+            .nth(usize::try_from(start.line).ok()? - 2)?
+            .0
+            + 1
+    };
+    let offset = line_start
+        + text[line_start..]
+            .char_indices()
+            .nth(usize::try_from(start.column).ok()?.saturating_sub(1))?
+            .0;
+    // The raw value is the value plus quotes, escapes and, per line, its
+    // indentation: a generous bound keeps the search inside it.
+    let lines = value.lines().count() + 2;
+    let window = value.len() * 2 + lines * (usize::try_from(start.column).ok()? + 8);
+    let end = (offset + window).min(text.len());
+    let end = (end..=text.len()).find(|&i| text.is_char_boundary(i))?;
+    let found = offset + text[offset..end].find(reference)?;
+    let before = &text[..found];
+    let line = before.matches('\n').count() + 1;
+    let column = before[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .chars()
+        .count()
+        + 1;
+    Some(Pos {
+        line: u32::try_from(line).ok()?,
+        column: u32::try_from(column).ok()?,
+    })
+}
+
 fn has_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
@@ -1082,6 +1122,31 @@ fn host_is_templated(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_references_are_located_where_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("r.yaml");
+        let text = "a: \"x ${env:A} y\"\nb: |\n  one\n  two ${env:B}\nc: plain\n";
+        std::fs::write(&file, text).unwrap();
+        let at = |line, column| Pos { line, column };
+        // A quoted scalar: the column of `${`, not of the quote.
+        assert_eq!(
+            locate_reference(&file, at(1, 4), "x ${env:A} y", "${env:A}"),
+            Some(at(1, 7))
+        );
+        // A block scalar: the reference's own line.
+        assert_eq!(
+            locate_reference(&file, at(2, 4), "one\ntwo ${env:B}\n", "${env:B}"),
+            Some(at(4, 7))
+        );
+        // Not in the value: no position, so the caller keeps the value's.
+        assert_eq!(locate_reference(&file, at(5, 4), "plain", "${env:A}"), None);
+        assert_eq!(
+            locate_reference(&dir.path().join("gone.yaml"), at(1, 1), "x", "${env:A}"),
+            None
+        );
+    }
 
     #[test]
     fn templated_hosts_are_spotted() {

@@ -15,12 +15,27 @@ pub struct Expanded {
     pub secrets: Vec<String>,
 }
 
+/// A reference that could not be resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpandError {
+    /// The reference as written (`${env:NAME}`), so that a diagnostic can
+    /// point at it rather than at the start of the value holding it.
+    pub reference: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExpandError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Expand the references in `input`. `base` is the directory of the rule file,
 /// against which relative `${file:…}` paths resolve.
 ///
 /// # Errors
-/// A message naming the reference that could not be resolved.
-pub fn expand(input: &str, base: &Path) -> Result<Expanded, String> {
+/// The first reference that could not be resolved, and why.
+pub fn expand(input: &str, base: &Path) -> Result<Expanded, ExpandError> {
     if !input.contains("${") {
         return Ok(Expanded {
             text: input.to_owned(),
@@ -39,10 +54,16 @@ pub fn expand(input: &str, base: &Path) -> Result<Expanded, String> {
         out.text.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err(format!("unterminated `${{` in {input:?}"));
+            return Err(ExpandError {
+                reference: rest[start..].to_owned(),
+                message: format!("unterminated `${{` in {input:?}"),
+            });
         };
         let reference = &after[..end];
-        let value = resolve(reference, base)?;
+        let value = resolve(reference, base).map_err(|message| ExpandError {
+            reference: rest[start..start + 2 + end + 1].to_owned(),
+            message,
+        })?;
         out.text.push_str(&value);
         if !value.is_empty() {
             out.secrets.push(value);
@@ -106,11 +127,17 @@ mod tests {
 
     #[test]
     fn missing_env_is_an_error() {
-        let err = expand("${env:HOOKROUTER_TEST_SURELY_UNSET}", Path::new(".")).unwrap_err();
+        let err = expand(
+            "a ${env:PATH} b ${env:HOOKROUTER_TEST_SURELY_UNSET} c",
+            Path::new("."),
+        )
+        .unwrap_err();
         assert!(
-            err.contains("HOOKROUTER_TEST_SURELY_UNSET is not set"),
+            err.message
+                .contains("HOOKROUTER_TEST_SURELY_UNSET is not set"),
             "{err}"
         );
+        assert_eq!(err.reference, "${env:HOOKROUTER_TEST_SURELY_UNSET}");
     }
 
     #[test]
@@ -136,6 +163,9 @@ mod tests {
             "${env:X}"
         );
         assert!(expand("${vault:x}", Path::new(".")).is_err());
-        assert!(expand("${env:X", Path::new(".")).is_err());
+        assert_eq!(
+            expand("a ${env:X", Path::new(".")).unwrap_err().reference,
+            "${env:X"
+        );
     }
 }

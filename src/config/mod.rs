@@ -151,21 +151,32 @@ pub fn parse(file: &Path, text: &str) -> Result<raw::FileConfig, Diagnostic> {
     })
 }
 
-/// saphyr's message without its own location prefix and snippet.
+/// saphyr's message without its own location (prefix or suffix) and snippet:
+/// the diagnostic already starts with `file:line:col`.
 fn clean_message(e: &serde_saphyr::Error) -> String {
+    strip_location(&e.without_snippet().to_string())
+}
+
+fn strip_location(text: &str) -> String {
     static PREFIX: OnceLock<Regex> = OnceLock::new();
-    let re = PREFIX.get_or_init(|| {
+    static SUFFIX: OnceLock<Regex> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
         Regex::new(r"^(?:error: )?(?:line \d+ column \d+: )?").unwrap_or_else(|_| unreachable!())
     });
-    let text = e.without_snippet().to_string();
+    let suffix = SUFFIX.get_or_init(|| {
+        Regex::new(r" at line \d+, column \d+$").unwrap_or_else(|_| unreachable!())
+    });
     let first = text.lines().next().unwrap_or_default();
-    re.replace(first, "").into_owned()
+    let first = prefix.replace(first, "");
+    suffix.replace(&first, "").into_owned()
 }
 
 /// The rule, source or test whose entry contains `line`, read from a lenient
 /// parse of the same text.
 fn owner_at(text: &str, line: u32) -> Option<Owner> {
-    let root: Node = serde_saphyr::from_str(text).ok()?;
+    let Ok(root) = serde_saphyr::from_str::<Node>(text) else {
+        return owner_by_text(text, line);
+    };
     let Kind::Map(top) = &root.kind else {
         return None;
     };
@@ -208,4 +219,95 @@ fn owner_at(text: &str, line: u32) -> Option<Owner> {
         }
     }
     None
+}
+
+/// The owner of `line` when the text is not even well-formed YAML: the
+/// `name:` of the block-style list item around `line` in a top-level
+/// `rules:`, `sources:` or `tests:` section, read line by line.
+fn owner_by_text(text: &str, line: u32) -> Option<Owner> {
+    let lines: Vec<&str> = text.lines().collect();
+    let upto = usize::try_from(line).ok()?.min(lines.len());
+    let indent = |l: &str| l.len() - l.trim_start_matches(' ').len();
+    let is_item = |l: &str| {
+        let t = l.trim_start_matches(' ');
+        t == "-" || t.starts_with("- ")
+    };
+    // The section: the last top-level line at or before `line`.
+    let section = (0..upto).rev().find(|&i| {
+        let l = lines[i];
+        !l.is_empty() && !l.starts_with([' ', '\t', '#']) && !is_item(l)
+    })?;
+    let make: fn(String) -> Owner = match lines[section].split(':').next()?.trim() {
+        "rules" => Owner::Rule,
+        "sources" => Owner::Source,
+        "tests" => Owner::Test,
+        _ => return None,
+    };
+    let item_indent = indent(lines[section + 1..].iter().find(|l| is_item(l))?);
+    let is_own_item = |l: &&str| is_item(l) && indent(l) == item_indent;
+    let start = (section + 1..upto)
+        .rev()
+        .find(|&i| is_own_item(&lines[i]))?;
+    let after_dash = &lines[start][item_indent + 1..];
+    let field_indent = item_indent + 1 + after_dash.len() - after_dash.trim_start().len();
+    let end = (start + 1..lines.len())
+        .find(|&i| {
+            let l = lines[i];
+            is_own_item(&l) || (!l.is_empty() && !l.starts_with([' ', '\t', '#']))
+        })
+        .unwrap_or(lines.len());
+    let name = std::iter::once(after_dash.trim_start())
+        .chain(
+            lines[start + 1..end]
+                .iter()
+                .filter(|l| indent(l) == field_indent)
+                .map(|l| l.trim_start()),
+        )
+        .find_map(|l| l.strip_prefix("name:"))?;
+    let name = name.split(" #").next()?.trim();
+    let name = name
+        .strip_prefix('"')
+        .and_then(|n| n.strip_suffix('"'))
+        .or_else(|| name.strip_prefix('\'').and_then(|n| n.strip_suffix('\'')))
+        .unwrap_or(name);
+    (!name.is_empty()).then(|| make(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("f.yaml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn shape_errors_name_their_rule_once_located() {
+        let text =
+            "rules:\n  - name: r\n    source: \"*\"\n    evnt: push\n    actions: [{ log: x }]\n";
+        let e = err(text);
+        assert!(
+            e.starts_with("f.yaml:4:5: rule \"r\": unknown field `evnt`"),
+            "{e}"
+        );
+        assert!(!e.contains("at line"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_name_their_rule() {
+        let text = "sources:\n  - name: s\n    provider: none\nrules:\n  - name: a\n    source: s\n    actions: [{ log: x }]\n  - source: s\n    name: \"b\"  # second\n    actions:\n      - log: \"open\n";
+        let e = err(text);
+        assert_eq!(e, "f.yaml:11:14: rule \"b\": unclosed quote");
+    }
+
+    #[test]
+    fn owner_by_text_sections_and_items() {
+        let text = "sources:\n  - name: s\n    provider: x\n\ntests:\n- name: 't 1'\n  source: s\n";
+        assert_eq!(owner_by_text(text, 3), Some(Owner::Source("s".into())));
+        assert_eq!(owner_by_text(text, 7), Some(Owner::Test("t 1".into())));
+        assert_eq!(owner_by_text(text, 1), None);
+        assert_eq!(owner_by_text("other:\n  - name: x\n", 2), None);
+        assert_eq!(owner_by_text("rules: [\n", 1), None);
+        assert_eq!(owner_by_text("", 1), None);
+    }
 }

@@ -145,7 +145,7 @@ impl Provider for Twilio {
                 let form: BTreeMap<_, _> = form_urlencoded::parse(req.body).collect();
                 ID_FIELDS
                     .iter()
-                    .find_map(|field| form.get(*field).map(|value| value.to_string()))
+                    .find_map(|field| form.get(*field).map(ToString::to_string))
             })
     }
 

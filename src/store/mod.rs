@@ -380,6 +380,13 @@ impl Store {
         self.inner.shared.counters.snapshot()
     }
 
+    /// Whether writes can be expected to succeed: the writer is running and
+    /// its last transaction did not fail.
+    pub fn is_writable(&self) -> bool {
+        let running = self.inner.tx.as_ref().is_some_and(|tx| !tx.is_closed());
+        running && !self.inner.shared.counters.last_failed()
+    }
+
     /// Runs a blocking read (any of the sync read methods) on tokio's blocking
     /// pool: `store.read(|s| s.queue_depth()).await`.
     pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -412,7 +419,10 @@ impl Store {
                     .into_iter()
                     .map(|(_, a)| a)
                     .collect();
-                out.push(DeliveryDetail { record, attempts });
+                out.push(DeliveryDetail {
+                    record,
+                    history: attempts,
+                });
             }
         }
         Ok(Some(EventDetail {

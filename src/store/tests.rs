@@ -314,7 +314,7 @@ async fn lease_then_finish_done() {
     let del = &detail.deliveries[0];
     assert_eq!(del.record.state, DeliveryState::Done);
     assert_eq!(del.record.attempts, 1);
-    assert_eq!(del.attempts, vec![attempt(1_010, "ok", None)]);
+    assert_eq!(del.history, vec![attempt(1_010, "ok", None)]);
 }
 
 #[tokio::test]
@@ -404,7 +404,7 @@ async fn dead_and_follow_ups() {
     assert!(late.is_empty());
     let detail = store.get_event(&key).expect("get").expect("present");
     assert_eq!(detail.deliveries[0].record.state, DeliveryState::Dead);
-    assert_eq!(detail.deliveries[0].attempts.len(), 2);
+    assert_eq!(detail.deliveries[0].history.len(), 2);
 
     let err = store
         .finish(12345, attempt(1, "ok", None), Next::Done)
@@ -681,7 +681,7 @@ async fn attempt_detail_is_capped() {
         .await
         .expect("finish");
     let detail = store.get_event(&key).expect("get").expect("present");
-    let stored = detail.deliveries[0].attempts[0]
+    let stored = detail.deliveries[0].history[0]
         .detail
         .as_deref()
         .expect("detail");

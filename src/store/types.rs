@@ -224,7 +224,9 @@ pub struct EventDetail {
 pub struct DeliveryDetail {
     #[serde(flatten)]
     pub record: DeliveryRecord,
-    pub attempts: Vec<Attempt>,
+    /// Every attempt, oldest first. Named apart from the record's
+    /// `attempts` count, which the flattened record already carries.
+    pub history: Vec<Attempt>,
 }
 
 /// One line of the event list.

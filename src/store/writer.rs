@@ -121,12 +121,16 @@ pub(super) struct Counters {
     failed: AtomicU64,
     max_batch: AtomicU64,
     histogram: [AtomicU64; 8],
+    /// Whether the most recent transaction failed: redb refuses writes after
+    /// a failed commit until the file is reopened, so readiness follows it.
+    last_failed: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {
     fn committed(&self, commands: usize) {
         let n = u64::try_from(commands).unwrap_or(u64::MAX);
         self.transactions.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(false, Ordering::Relaxed);
         self.commands.fetch_add(n, Ordering::Relaxed);
         self.max_batch.fetch_max(n, Ordering::Relaxed);
         let slot = BatchStats::BUCKETS
@@ -140,6 +144,11 @@ impl Counters {
 
     fn failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn last_failed(&self) -> bool {
+        self.last_failed.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> BatchStats {
