@@ -126,6 +126,15 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
         tokio::spawn(admin::run(l, admin, shutdown.clone()))
     });
 
+    let retention = args.retention.max(args.dedup_window);
+    if retention > args.retention {
+        tracing::warn!(
+            retention = %humantime::format_duration(retention),
+            "Retention raised to the dedup window, so duplicates stay recognisable."
+        );
+    }
+    tokio::spawn(prune_loop(store.clone(), retention, shutdown.clone()));
+
     let dispatcher = Dispatcher::new(rules.clone(), store.clone(), metrics.clone(), args.workers);
     let dispatch_stop = CancellationToken::new();
     let dispatch_task = tokio::spawn(dispatcher.run(dispatch_stop.clone(), args.grace));
@@ -152,6 +161,35 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     }
     tracing::info!("Stopped.");
     ExitCode::SUCCESS
+}
+
+/// Prune old events and expired dedup keys now and then. The store prunes
+/// in small chunks between other writes, so ingest never waits long.
+async fn prune_loop(store: Store, retention: std::time::Duration, shutdown: CancellationToken) {
+    let every = (retention / 10).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(3600),
+    );
+    let keep_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(every) => {}
+        }
+        let now = crate::ingest::unix_ms(std::time::SystemTime::now());
+        match store.prune(now, keep_ms).await {
+            Ok(stats) if stats.events > 0 || stats.dedup_keys > 0 => {
+                tracing::info!(
+                    events = stats.events,
+                    deliveries = stats.deliveries,
+                    dedup_keys = stats.dedup_keys,
+                    "Pruned old data."
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "Pruning failed; will try again."),
+        }
+    }
 }
 
 /// First SIGTERM/SIGINT: drain. Second: exit now.

@@ -256,6 +256,10 @@ pub struct ServeArgs {
     /// How long a delivered event's id is remembered for deduplication.
     #[arg(long, value_name = "DURATION", env = "HOOKROUTER_DEDUP_WINDOW", default_value = "7d", value_parser = humantime::parse_duration)]
     pub dedup_window: std::time::Duration,
+    /// How long events and their finished deliveries are kept; never shorter
+    /// than the dedup window.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub retention: std::time::Duration,
     /// Actions running at once, across all rules.
     #[arg(
         long,
