@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::cli::ServeArgs;
+use crate::cli::{LogFormat, ServeArgs};
 use crate::config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
@@ -33,7 +33,11 @@ pub fn run(args: &ServeArgs) -> ExitCode {
             for e in &d.errors {
                 tracing::error!(diagnostic = %e, "Invalid rules.");
             }
-            eprint!("{}", d.render_text());
+            // The plain lines are for people; with JSON logs every line of
+            // stderr stays a JSON object.
+            if args.log_format == LogFormat::Text {
+                eprint!("{}", d.render_text());
+            }
             return ExitCode::from(1);
         }
     };
@@ -73,7 +77,14 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
     let admin_listener = match &args.admin {
         Some(a) => match TcpListener::bind(a).await {
-            Ok(l) => Some(l),
+            Ok(l) => {
+                // Before "Listening for webhooks.": once that line is out,
+                // every listener is up and its address has been logged.
+                if let Ok(a) = l.local_addr() {
+                    tracing::info!(admin_addr = %a, auth = args.admin_token.as_deref().is_some_and(|t| !t.is_empty()), "Admin API listening.");
+                }
+                Some(l)
+            }
             Err(e) => {
                 tracing::error!(addr = %a, error = %e, "Cannot listen for the admin API.");
                 return ExitCode::from(2);
@@ -113,9 +124,6 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     tokio::spawn(reloader.run(shutdown.clone()));
 
     let admin_task = admin_listener.map(|l| {
-        if let Ok(a) = l.local_addr() {
-            tracing::info!(admin_addr = %a, auth = args.admin_token.is_some(), "Admin API listening.");
-        }
         let admin = Arc::new(Admin {
             rules: rules.clone(),
             store: store.clone(),

@@ -406,7 +406,17 @@ fn require_rules(r: &RulesArg) -> Result<(), ExitCode> {
             "no rules given: pass --rules PATH (a file or a folder) or set HOOKROUTER_RULES",
         ));
     }
+    if let Some(missing) = r.rules.iter().find(|p| !p.exists()) {
+        return Err(usage_error(&format!(
+            "--rules {}: no such file or directory",
+            missing.display()
+        )));
+    }
     Ok(())
+}
+
+fn plural(n: usize, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 fn print_diagnostics(d: &Diagnostics, format: OutputFormat) {
@@ -466,24 +476,30 @@ fn check(args: &CheckArgs) -> ExitCode {
                     continue;
                 }
                 eprintln!(
-                    "error: {}: test {:?} failed: expected {:?}, matched {:?}",
+                    "error: {}: test {:?}: expected {:?}, matched {:?}",
                     o.origin, o.name, o.expected, o.matched
                 );
                 for (rule, why) in &o.reasons {
                     eprintln!("  {rule}: {why}");
                 }
             }
+            if args.deny_warnings && warned {
+                eprintln!(
+                    "error: {} and --deny-warnings",
+                    plural(loaded.warnings.len(), "warning")
+                );
+            }
             let set = &loaded.rules;
             println!(
-                "{} files, {} sources, {} rules, {} tests: {} passed, {} failed{}",
-                loaded.files.len(),
-                set.sources.len(),
-                set.rules.len(),
-                outcomes.len(),
+                "{}, {}, {}, {}: {} passed, {} failed{}",
+                plural(loaded.files.len(), "file"),
+                plural(set.sources.len(), "source"),
+                plural(set.rules.len(), "rule"),
+                plural(outcomes.len(), "test"),
                 outcomes.len() - failed,
                 failed,
                 if warned {
-                    format!(", {} warnings", loaded.warnings.len())
+                    format!(", {}", plural(loaded.warnings.len(), "warning"))
                 } else {
                     String::new()
                 }
@@ -541,13 +557,15 @@ fn test(args: &TestArgs) -> ExitCode {
     };
     match dryrun::run(&loaded.rules, &req) {
         Ok(report) => {
-            match args.format {
-                OutputFormat::Text => print!("{}", dryrun::render_text(&report)),
-                OutputFormat::Json => println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).unwrap_or_default()
-                ),
-            }
+            let text = match args.format {
+                OutputFormat::Text => dryrun::render_text(&report),
+                OutputFormat::Json => {
+                    serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+                }
+            };
+            // The event's own headers and body may carry configured secrets
+            // too (a GitLab token, say), not only the rendered actions.
+            print!("{}", loaded.rules.redact(&text));
             if matches!(report.signature, Some(Err(_))) {
                 ExitCode::from(1)
             } else {

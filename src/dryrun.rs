@@ -29,11 +29,25 @@ pub struct TryRequest {
     pub verify: bool,
 }
 
+/// `null` when not checked, else `{"verified": bool, "error"?: text}`.
+fn signature_json<S: serde::Serializer>(
+    sig: &Option<Result<(), String>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    let value = match sig {
+        None => serde_json::Value::Null,
+        Some(Ok(())) => serde_json::json!({ "verified": true }),
+        Some(Err(e)) => serde_json::json!({ "verified": false, "error": e }),
+    };
+    serde::Serialize::serialize(&value, s)
+}
+
 /// What the dry run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub event: Event,
     /// `None` when not checked; otherwise `Ok` or the failure.
+    #[serde(serialize_with = "signature_json")]
     pub signature: Option<Result<(), String>>,
     pub rules: Vec<RuleReport>,
 }
@@ -55,27 +69,12 @@ pub struct ActionReport {
     pub origin: String,
     pub retry_attempts: u32,
     pub timeout_ms: u64,
-    #[serde(serialize_with = "rendered_json")]
-    pub rendered: Result<Rendered, String>,
-}
-
-/// `rendered` as JSON with an HTTP body as text (lossy UTF-8), not the list
-/// of byte values serde would make of it.
-fn rendered_json<S: serde::Serializer>(
-    r: &Result<Rendered, String>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    let mut value = serde_json::to_value(r).map_err(serde::ser::Error::custom)?;
-    if let Some(body) = value.pointer_mut("/Ok/body")
-        && let Some(bytes) = body.as_array()
-    {
-        let bytes: Vec<u8> = bytes
-            .iter()
-            .filter_map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-            .collect();
-        *body = serde_json::Value::String(String::from_utf8_lossy(&bytes).into_owned());
-    }
-    value.serialize(s)
+    /// The action as it would run, when it renders.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Rendered>,
+    /// Why it would fail, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Errors that stop a dry run before routing.
@@ -145,14 +144,16 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
 }
 
 fn action_report(set: &RuleSet, action: &Action, ctx: &minijinja::Value) -> ActionReport {
-    let rendered = render::render(set, action, ctx)
-        .map(|r| redact_rendered(set, r))
-        .map_err(|e| set.redact(&e.to_string()));
+    let (action_out, error) = match render::render(set, action, ctx) {
+        Ok(r) => (Some(redact_rendered(set, r)), None),
+        Err(e) => (None, Some(set.redact(&e.to_string()))),
+    };
     ActionReport {
         origin: action.origin.to_string(),
         retry_attempts: action.retry.attempts,
         timeout_ms: u64::try_from(action.timeout.as_millis()).unwrap_or(u64::MAX),
-        rendered,
+        action: action_out,
+        error,
     }
 }
 
@@ -202,14 +203,15 @@ pub fn render_text(report: &Report) -> String {
         let _ = writeln!(out, "MATCH {} ({})", r.name, r.origin);
         for (i, a) in r.actions.iter().enumerate() {
             let _ = write!(out, "  action {}: ", i + 1);
-            match &a.rendered {
-                Err(why) => {
+            match (&a.action, &a.error) {
+                (_, Some(why)) => {
                     let _ = writeln!(out, "would FAIL: {why}");
                 }
-                Ok(Rendered::Log { line }) => {
+                (None, None) => {}
+                (Some(Rendered::Log { line }), None) => {
                     let _ = writeln!(out, "log {line}");
                 }
-                Ok(Rendered::Http(h)) => {
+                (Some(Rendered::Http(h)), None) => {
                     let _ = writeln!(out, "http {} {}", h.method, h.url);
                     for (k, v) in &h.headers {
                         let _ = writeln!(out, "    {k}: {v}");
@@ -223,7 +225,7 @@ pub fn render_text(report: &Report) -> String {
                         let _ = writeln!(out, "    body: {}", String::from_utf8_lossy(b));
                     }
                 }
-                Ok(Rendered::Shell(c)) => {
+                (Some(Rendered::Shell(c)), None) => {
                     let argv = serde_json::to_string(&c.argv).unwrap_or_default();
                     let _ = writeln!(out, "shell argv={argv}");
                     for (k, v) in &c.env {

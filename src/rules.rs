@@ -304,6 +304,9 @@ impl Index {
     }
 }
 
+/// Shortest substituted value or secret that `RuleSet::redact` replaces.
+pub const MIN_REDACTED: usize = 4;
+
 /// The whole compiled configuration, swapped atomically on reload.
 #[derive(Debug)]
 pub struct RuleSet {
@@ -425,10 +428,14 @@ impl RuleSet {
     }
 
     /// `text` with every configured secret replaced by `[redacted]`.
+    ///
+    /// Values shorter than `MIN_REDACTED` are left alone: replacing every
+    /// "t" or "dev" in a text would make it unreadable while hiding nothing
+    /// worth hiding.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for s in &self.secrets {
-            if !s.expose().is_empty() && out.contains(s.expose()) {
+            if s.expose().len() >= MIN_REDACTED && out.contains(s.expose()) {
                 out = out.replace(s.expose(), "[redacted]");
             }
         }

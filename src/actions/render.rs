@@ -19,9 +19,18 @@ pub struct HttpRequest {
     pub method: String,
     pub url: String,
     pub headers: Vec<(String, String)>,
+    #[serde(serialize_with = "body_text")]
     pub body: Option<Vec<u8>>,
     /// Whether the request is signed with the Standard Webhooks scheme.
     pub signed: bool,
+}
+
+/// A body shown as text (lossy UTF-8) rather than a list of byte values.
+fn body_text<S: serde::Serializer>(body: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+    match body {
+        Some(b) => s.serialize_some(&String::from_utf8_lossy(b)),
+        None => s.serialize_none(),
+    }
 }
 
 /// A process to start: argv[0] is the program, no shell involved.

@@ -56,7 +56,13 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        // Line 0 means the finding is about the file as a whole (it is
+        // missing or unreadable): no position to show.
+        if self.line == 0 {
+            write!(f, "{}: ", self.file.display())?;
+        } else {
+            write!(f, "{}:{}:{}: ", self.file.display(), self.line, self.column)?;
+        }
         if let Some(owner) = &self.owner {
             write!(f, "{owner}: ")?;
         }
@@ -100,5 +106,34 @@ impl Diagnostics {
 impl fmt::Display for Diagnostics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.render_text())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_file_line_column_owner_message() {
+        let pos = Pos {
+            line: 9,
+            column: 24,
+        };
+        let d = Diagnostic::new(
+            Path::new("r.yaml"),
+            pos,
+            Some(&Owner::Rule("x".into())),
+            "bad",
+        );
+        assert_eq!(d.to_string(), r#"r.yaml:9:24: rule "x": bad"#);
+        let d = Diagnostic::new(
+            Path::new("r.yaml"),
+            pos,
+            Some(&Owner::Test("t".into())),
+            "bad",
+        );
+        assert_eq!(d.to_string(), r#"r.yaml:9:24: test "t": bad"#);
+        let d = Diagnostic::new(Path::new("gone"), Pos::default(), None, "no such file");
+        assert_eq!(d.to_string(), "gone: no such file");
     }
 }

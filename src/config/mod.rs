@@ -168,7 +168,12 @@ fn strip_location(text: &str) -> String {
     });
     let first = text.lines().next().unwrap_or_default();
     let first = prefix.replace(first, "");
-    suffix.replace(&first, "").into_owned()
+    let msg = suffix.replace(&first, "");
+    // saphyr names the Rust type (`invalid u32`); say what to write instead.
+    match msg.strip_prefix("invalid u") {
+        Some(bits) if bits.parse::<u8>().is_ok() => "expected a whole number, 0 or more".to_owned(),
+        _ => msg.into_owned(),
+    }
 }
 
 /// The rule, source or test whose entry contains `line`, read from a lenient
@@ -291,6 +296,11 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("at line"), "{e}");
+        let text = "rules:\n  - name: r\n    source: \"*\"\n    actions:\n      - shell: [echo]\n        concurrency: -1\n";
+        assert_eq!(
+            err(text),
+            "f.yaml:6:22: rule \"r\": expected a whole number, 0 or more"
+        );
     }
 
     #[test]

@@ -37,9 +37,8 @@ pub struct FileConfig {
 pub struct SourceConfig {
     #[schemars(with = "String")]
     pub name: Spanned<String>,
-    /// github, standard, stripe, slack, shopify, gitlab, twilio, square,
-    /// paddle, zoom, discord, pagerduty, linear, hmac or none.
-    #[schemars(with = "String")]
+    /// The signature scheme; see the README's provider table.
+    #[schemars(schema_with = "provider_schema")]
     pub provider: Spanned<String>,
     /// A secret, or a list of secrets during rotation (any one verifies).
     #[serde(default)]
@@ -159,7 +158,7 @@ pub struct ActionConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub workdir: Option<Spanned<String>>,
-    /// shell: bytes of stdout and of stderr kept, e.g. `64KiB` or `65536`.
+    /// shell: bytes of stdout and of stderr kept, e.g. `65536` (the default).
     #[serde(default)]
     #[schemars(with = "Option<u64>")]
     pub max_output: Option<Spanned<u64>>,
@@ -241,6 +240,14 @@ pub struct TestConfig {
     /// The names of the rules that must match, and no others.
     #[schemars(with = "Vec<String>")]
     pub expect: Vec<Spanned<String>>,
+}
+
+/// The provider names `providers::build` accepts, so editors can complete them.
+fn provider_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": crate::providers::KINDS,
+    })
 }
 
 /// Schema-only: a string or a list of strings.

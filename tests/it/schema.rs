@@ -1,0 +1,138 @@
+//! `hookrouter schema` and the committed `schemas/rules.schema.json`: the
+//! copy editors use must be exactly what the binary prints.
+
+use serde_json::Value;
+
+use crate::support::{root, run, stderr, stdout};
+
+const COMMITTED: &str = "schemas/rules.schema.json";
+const REGENERATE: &str = "cargo run -q -- schema > schemas/rules.schema.json";
+
+fn generated() -> String {
+    let out = run(&["schema"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn committed_schema_is_up_to_date() {
+    let committed = std::fs::read_to_string(root().join(COMMITTED)).unwrap_or_else(|e| {
+        panic!("cannot read {COMMITTED} ({e}); generate it with `{REGENERATE}`")
+    });
+    let generated = generated();
+    if committed != generated {
+        let line = committed
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
+        panic!(
+            "{COMMITTED} is out of date with the rule format (first difference at line {}: \
+             committed {:?}, generated {:?}); regenerate it with `{REGENERATE}` and commit it",
+            line + 1,
+            committed.lines().nth(line).unwrap_or("<end of file>"),
+            generated.lines().nth(line).unwrap_or("<end of file>"),
+        );
+    }
+}
+
+#[test]
+fn schema_describes_the_rule_format() {
+    let schema: Value = serde_json::from_str(&generated()).expect("the schema is JSON");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    assert_eq!(schema["type"], "object");
+    // Unknown top-level keys are errors for `check`, and so for editors.
+    assert_eq!(schema["additionalProperties"], false);
+    let top = schema["properties"]
+        .as_object()
+        .expect("top-level properties");
+    for key in ["sources", "rules", "tests"] {
+        assert!(top.contains_key(key), "top level has `{key}`");
+    }
+
+    let defs = &schema["$defs"];
+    let props = |def: &str| -> Vec<String> {
+        defs[def]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("$defs.{def} has properties"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let rule = props("RuleConfig");
+    for key in [
+        "name",
+        "source",
+        "event",
+        "match",
+        "dedup",
+        "actions",
+        "on_failure",
+    ] {
+        assert!(
+            rule.contains(&key.to_owned()),
+            "a rule has `{key}`: {rule:?}"
+        );
+    }
+    assert_eq!(
+        defs["RuleConfig"]["required"],
+        serde_json::json!(["name", "source", "actions"])
+    );
+    let action = props("ActionConfig");
+    for key in ["log", "http", "shell", "retry", "timeout", "concurrency"] {
+        assert!(
+            action.contains(&key.to_owned()),
+            "an action has `{key}`: {action:?}"
+        );
+    }
+    let source = props("SourceConfig");
+    for key in ["name", "provider", "secret", "path", "tolerance"] {
+        assert!(
+            source.contains(&key.to_owned()),
+            "a source has `{key}`: {source:?}"
+        );
+    }
+    let test = props("TestConfig");
+    for key in ["name", "source", "headers", "body", "expect"] {
+        assert!(
+            test.contains(&key.to_owned()),
+            "a test has `{key}`: {test:?}"
+        );
+    }
+    // Descriptions travel to editors as hover text.
+    let text = schema.to_string();
+    assert!(text.contains("JSONPath"), "`match` is described");
+}
+
+#[test]
+fn example_modelines_point_at_the_committed_schema() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root().join("rules")).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let Some(target) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# yaml-language-server: $schema="))
+        else {
+            continue;
+        };
+        let resolved = path.parent().unwrap().join(target.trim());
+        assert_eq!(
+            resolved.canonicalize().ok(),
+            root().join(COMMITTED).canonicalize().ok(),
+            "{}: the modeline's schema path must resolve to {COMMITTED}",
+            path.display()
+        );
+        seen += 1;
+    }
+    assert!(
+        seen > 0,
+        "the examples carry a yaml-language-server modeline"
+    );
+}
