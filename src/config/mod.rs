@@ -141,7 +141,7 @@ pub fn parse(file: &Path, text: &str) -> Result<raw::FileConfig, Diagnostic> {
             tests: Vec::new(),
         });
     }
-    serde_saphyr::from_str::<raw::FileConfig>(text).map_err(|e| {
+    serde_saphyr::from_str_with_options::<raw::FileConfig>(text, yaml_options()).map_err(|e| {
         let pos = e.location().map_or(Pos::default(), |l| Pos {
             line: u32::try_from(l.line()).unwrap_or(u32::MAX),
             column: u32::try_from(l.column()).unwrap_or(u32::MAX),
@@ -149,6 +149,12 @@ pub fn parse(file: &Path, text: &str) -> Result<raw::FileConfig, Diagnostic> {
         let owner = owner_at(text, pos.line);
         Diagnostic::new(file, pos, owner.as_ref(), clean_message(&e))
     })
+}
+
+/// YAML 1.2 booleans only: `on`, `off`, `yes`, `no`, `y` and `n` stay
+/// strings, so `json: { on: 1 }` sends the key `"on"`, not `"true"`.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { strict_booleans: true }
 }
 
 /// saphyr's message without its own location (prefix or suffix) and snippet:
@@ -179,7 +185,7 @@ fn strip_location(text: &str) -> String {
 /// The rule, source or test whose entry contains `line`, read from a lenient
 /// parse of the same text.
 fn owner_at(text: &str, line: u32) -> Option<Owner> {
-    let Ok(root) = serde_saphyr::from_str::<Node>(text) else {
+    let Ok(root) = serde_saphyr::from_str_with_options::<Node>(text, yaml_options()) else {
         return owner_by_text(text, line);
     };
     let Kind::Map(top) = &root.kind else {
@@ -280,6 +286,22 @@ fn owner_by_text(text: &str, line: u32) -> Option<Owner> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn yaml_1_1_booleans_stay_strings() {
+        let text = "rules:\n  - name: r\n    source: s\n    actions:\n      - http:\n          url: http://x/\n          json: { on: 1, n: yes, t: true }\n";
+        let cfg = super::parse(std::path::Path::new("f.yaml"), text).unwrap();
+        let json = cfg.rules[0].actions[0]
+            .value
+            .http
+            .as_ref()
+            .unwrap()
+            .json
+            .as_ref()
+            .unwrap()
+            .to_json();
+        assert_eq!(json, serde_json::json!({"on": 1, "n": "yes", "t": true}));
+    }
+
     use super::*;
 
     fn err(text: &str) -> String {
