@@ -206,9 +206,12 @@ async fn respond(req: Request<Incoming>, ingress: &Ingress, set: &RuleSet) -> Re
         Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body was not sent in time"),
     };
 
-    let url = match &source.url {
-        Some(u) => u.clone(),
-        None => public_url(&parts),
+    let url = match (&source.url, parts.uri.query()) {
+        // The configured URL stands for scheme, host and path; the query is
+        // the sender's own (Twilio adds `bodySHA256=` to it), so it is kept.
+        (Some(u), Some(q)) if !u.contains('?') => format!("{u}?{q}"),
+        (Some(u), _) => u.clone(),
+        (None, _) => public_url(&parts),
     };
     let received_at = SystemTime::now();
     let raw = RawRequest {

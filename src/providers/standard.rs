@@ -161,6 +161,13 @@ impl Provider for Standard {
                     .to_owned(),
             );
         }
+        // The id is part of the signed content and travels in `webhook-id`,
+        // which `verify` requires: without one the headers would not verify.
+        if msg.id.is_empty() {
+            return Err(
+                "provider `standard` signs the message id; give one (e.g. `--id msg_1`)".to_owned(),
+            );
+        }
         let ts = msg.now.to_string();
         let mac = self.hmac.sign(
             Algorithm::Sha256,
@@ -283,6 +290,20 @@ mod tests {
             check("invalid_signature"),
             Err(VerifyError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn signing_needs_a_message_id() {
+        let p = make(&build, &[SECRET]);
+        let err = p
+            .sign(&Outgoing {
+                url: URL,
+                body: PAYLOAD,
+                id: "",
+                now: NOW,
+            })
+            .expect_err("an empty id cannot verify");
+        assert!(err.contains("message id"), "{err}");
     }
 
     #[test]
