@@ -101,6 +101,21 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     );
     let reload_status = Arc::new(ReloadStatus::default());
     let rules = Arc::new(ArcSwap::from_pointee(loaded.rules));
+
+    // Signal handlers and the rule watcher are in place before the line
+    // below announces the server: a signal or an edit right after it is
+    // handled, never lost or fatal.
+    let shutdown = CancellationToken::new();
+    tokio::spawn(watch_signals(install_signals(), shutdown.clone()));
+
+    let reloader = Reloader {
+        paths: args.rules.rules.clone(),
+        rules: rules.clone(),
+        status: reload_status.clone(),
+        metrics: metrics.clone(),
+    };
+    reloader.start(shutdown.clone());
+
     {
         let set = rules.load();
         tracing::info!(
@@ -111,17 +126,6 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
             "Listening for webhooks."
         );
     }
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(watch_signals(shutdown.clone()));
-
-    let reloader = Reloader {
-        paths: args.rules.rules.clone(),
-        rules: rules.clone(),
-        status: reload_status.clone(),
-        metrics: metrics.clone(),
-    };
-    tokio::spawn(reloader.run(shutdown.clone()));
 
     let admin_task = admin_listener.map(|l| {
         let admin = Arc::new(Admin {
@@ -152,6 +156,9 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
         store: store.clone(),
         limits: Limits {
             max_body: args.max_body,
+            header_timeout: args.header_timeout,
+            body_timeout: args.body_timeout,
+            max_connections: usize::try_from(args.max_connections).unwrap_or(10_000),
             dedup_window: args.dedup_window,
             ..Limits::default()
         },
@@ -200,14 +207,26 @@ async fn prune_loop(store: Store, retention: std::time::Duration, shutdown: Canc
     }
 }
 
-/// First SIGTERM/SIGINT: drain. Second: exit now.
-async fn watch_signals(shutdown: CancellationToken) {
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+/// Take over SIGTERM and SIGINT now (needs a runtime context).
+fn install_signals() -> Option<Signals> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("Cannot install signal handlers.");
+    ) {
+        (Ok(term), Ok(int)) => Some((term, int)),
+        _ => {
+            tracing::error!("Cannot install signal handlers.");
+            None
+        }
+    }
+}
+
+/// First SIGTERM/SIGINT: drain. Second: exit now.
+async fn watch_signals(signals: Option<Signals>, shutdown: CancellationToken) {
+    let Some((mut term, mut int)) = signals else {
         return;
     };
     tokio::select! {

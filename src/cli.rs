@@ -253,6 +253,24 @@ pub struct ServeArgs {
     /// Largest request body accepted.
     #[arg(long, value_name = "BYTES", env = "HOOKROUTER_MAX_BODY", default_value_t = 10 * 1024 * 1024)]
     pub max_body: usize,
+    /// How long a client may take to send the request line and headers;
+    /// a slower connection is closed.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// How long a client may take to send the body once the headers are in;
+    /// a slower one is answered 408.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: std::time::Duration,
+    /// Most webhook connections open at once; further clients wait to be
+    /// accepted until one closes.
+    #[arg(
+        long,
+        value_name = "N",
+        env = "HOOKROUTER_MAX_CONNECTIONS",
+        default_value_t = 10_000,
+        value_parser = clap::value_parser!(u32).range(1..=1_000_000)
+    )]
+    pub max_connections: u32,
     /// How long a delivered event's id is remembered for deduplication.
     #[arg(long, value_name = "DURATION", env = "HOOKROUTER_DEDUP_WINDOW", default_value = "7d", value_parser = humantime::parse_duration)]
     pub dedup_window: std::time::Duration,

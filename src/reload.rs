@@ -122,9 +122,25 @@ impl Reloader {
         }
     }
 
-    /// Reload on file changes and SIGHUP until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    /// Watch the rule paths and listen for SIGHUP, then reload on either
+    /// until `shutdown`. Both are in place when this returns (it needs a
+    /// runtime context), so an edit or a SIGHUP right after startup is not
+    /// missed, and a SIGHUP never falls through to its default action,
+    /// which would end the process.
+    pub fn start(self, shutdown: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::unbounded_channel::<()>();
+        let watcher = self.watch(tx);
+        let hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(h) => Some(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot listen for SIGHUP; file changes still reload.");
+                None
+            }
+        };
+        tokio::spawn(self.run(watcher, hup, rx, shutdown))
+    }
+
+    fn watch(&self, tx: mpsc::UnboundedSender<()>) -> Option<notify::RecommendedWatcher> {
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
                 && !matches!(ev.kind, notify::EventKind::Access(_))
@@ -133,7 +149,7 @@ impl Reloader {
                 let _ = tx.send(());
             }
         });
-        let _watcher = match watcher {
+        match watcher {
             Ok(mut w) => {
                 for p in &self.paths {
                     // A single file is watched through its folder: editors
@@ -157,8 +173,16 @@ impl Reloader {
                 tracing::warn!(error = %e, "File watching unavailable; SIGHUP still reloads.");
                 None
             }
-        };
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        }
+    }
+
+    async fn run(
+        self,
+        _watcher: Option<notify::RecommendedWatcher>,
+        mut hup: Option<tokio::signal::unix::Signal>,
+        mut rx: mpsc::UnboundedReceiver<()>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             let hup_recv = async {
                 match hup.as_mut() {

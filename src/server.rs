@@ -140,6 +140,9 @@ async fn serve_connection(
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
+        // `max_buf_size` alone is only checked while the head is incomplete:
+        // a head that arrives in one large read would pass it.
+        .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .serve_connection(TokioIo::new(stream), service);
     let mut conn = std::pin::pin!(conn);

@@ -328,6 +328,15 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// The request line and headers, as text.
+    pub fn head(&self) -> String {
+        let mut out = format!("{} {} HTTP/1.1\r\n", self.method, self.url);
+        for (k, v) in &self.headers {
+            out.push_str(&format!("{k}: {v}\r\n"));
+        }
+        out
+    }
+
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
@@ -336,12 +345,14 @@ impl Recorded {
     }
 }
 
-/// A scripted answer: status, extra headers, and a delay before answering.
+/// A scripted answer: status, extra headers, a delay before answering, and
+/// whether the body echoes the request's head.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
+    pub echo: bool,
 }
 
 impl Answer {
@@ -350,6 +361,7 @@ impl Answer {
             status,
             headers: Vec::new(),
             delay: Duration::ZERO,
+            echo: false,
         }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
@@ -360,68 +372,90 @@ impl Answer {
         self.delay = d;
         self
     }
+    /// Answer with the request line and headers as the body.
+    pub fn echo(mut self, on: bool) -> Self {
+        self.echo = on;
+        self
+    }
 }
 
-/// A local HTTP server that records every request and answers from a
-/// script (then 200 once the script runs out).
+/// A local HTTP server (hyper, one task per connection, keep-alive) that
+/// records every request and answers from a script, then with its default
+/// answer once the script runs out.
 pub struct Receiver {
     pub addr: String,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
     script: Arc<Mutex<VecDeque<Answer>>>,
-    server: Arc<tiny_http::Server>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Receiver {
     pub fn start() -> Receiver {
-        Self::start_on("127.0.0.1:0")
+        Self::answering(Answer::status(200))
     }
 
     pub fn start_on(addr: &str) -> Receiver {
-        let server = Arc::new(tiny_http::Server::http(addr).expect("receiver"));
-        let addr = server.server_addr().to_ip().expect("ip").to_string();
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        Self::serve(addr, Answer::status(200))
+    }
+
+    /// A receiver whose every answer is `default` unless scripted.
+    pub fn answering(default: Answer) -> Receiver {
+        Self::serve("127.0.0.1:0", default)
+    }
+
+    fn serve(addr: &str, default: Answer) -> Receiver {
+        let listener = std::net::TcpListener::bind(addr).expect("receiver");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let requests: Arc<Mutex<Vec<Recorded>>> = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Mutex<VecDeque<Answer>>> = Arc::new(Mutex::new(VecDeque::new()));
-        for _ in 0..4 {
-            let server = server.clone();
+        let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        {
             let requests = requests.clone();
             let script = script.clone();
             std::thread::spawn(move || {
-                while let Ok(mut req) = server.recv() {
-                    let mut body = Vec::new();
-                    let _ = req.as_reader().read_to_end(&mut body);
-                    let answer = script
-                        .lock()
-                        .unwrap()
-                        .pop_front()
-                        .unwrap_or_else(|| Answer::status(200));
-                    requests.lock().unwrap().push(Recorded {
-                        method: req.method().to_string(),
-                        url: req.url().to_owned(),
-                        headers: req
-                            .headers()
-                            .iter()
-                            .map(|h| (h.field.to_string(), h.value.to_string()))
-                            .collect(),
-                        body,
-                        at: Instant::now(),
-                    });
-                    std::thread::sleep(answer.delay);
-                    let mut resp =
-                        tiny_http::Response::from_string("ok").with_status_code(answer.status);
-                    for (k, v) in &answer.headers {
-                        if let Ok(h) = tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()) {
-                            resp.add_header(h);
-                        }
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("receiver runtime");
+                rt.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+                    loop {
+                        let stream = tokio::select! {
+                            _ = &mut stop_rx => break,
+                            r = listener.accept() => match r {
+                                Ok((s, _)) => s,
+                                Err(_) => continue,
+                            },
+                        };
+                        let requests = requests.clone();
+                        let script = script.clone();
+                        let default = default.clone();
+                        tokio::spawn(async move {
+                            let service = hyper::service::service_fn(move |req| {
+                                let requests = requests.clone();
+                                let script = script.clone();
+                                let default = default.clone();
+                                async move {
+                                    Ok::<_, std::convert::Infallible>(
+                                        answer(req, &requests, &script, &default).await,
+                                    )
+                                }
+                            });
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await;
+                        });
                     }
-                    let _ = req.respond(resp);
-                }
+                });
             });
         }
         Receiver {
             addr,
             requests,
             script,
-            server,
+            stop: Some(stop_tx),
         }
     }
 
@@ -445,10 +479,79 @@ impl Receiver {
     pub fn wait_count(&self, n: usize, timeout: Duration) -> bool {
         wait_until(timeout, || self.count() >= n)
     }
+
+    /// Each request's line and headers, as text.
+    pub fn heads(&self) -> Vec<String> {
+        self.requests().iter().map(Recorded::head).collect()
+    }
+
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.requests().into_iter().map(|r| r.body).collect()
+    }
+}
+
+async fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    requests: &Mutex<Vec<Recorded>>,
+    script: &Mutex<VecDeque<Answer>>,
+    default: &Answer,
+) -> hyper::Response<http_body_util::Full<bytes::Bytes>> {
+    use http_body_util::BodyExt as _;
+    let at = Instant::now();
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes().to_vec())
+        .unwrap_or_default();
+    let recorded = Recorded {
+        method: parts.method.to_string(),
+        url: parts
+            .uri
+            .path_and_query()
+            .map_or("/".to_owned(), |pq| pq.as_str().to_owned()),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+        at,
+    };
+    let plan = script
+        .lock()
+        .unwrap()
+        .pop_front()
+        .unwrap_or_else(|| default.clone());
+    let text = if plan.echo {
+        format!("refused; you sent:\n{}", recorded.head())
+    } else {
+        "ok".to_owned()
+    };
+    requests.lock().unwrap().push(recorded);
+    tokio::time::sleep(plan.delay).await;
+    let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+    *resp.status_mut() = hyper::StatusCode::from_u16(plan.status).unwrap_or(hyper::StatusCode::OK);
+    for (k, v) in &plan.headers {
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
 }
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.server.unblock();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
     }
 }
