@@ -1093,30 +1093,13 @@ fn has_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%")
 }
 
-/// Whether any template syntax appears before the URL's path starts.
+/// Whether any template syntax appears in the scheme or the authority,
+/// that is before the first `/`, `?` or `#` after `://`. A template
+/// expression that itself contains `/` still starts before it.
 fn host_is_templated(url: &str) -> bool {
-    let after_scheme = match url.find("://") {
-        Some(i) => &url[i + 3..],
-        None => return has_template(url.split('/').next().unwrap_or(url)),
-    };
-    // The authority ends at the first `/`, `?` or `#` that is not inside a
-    // template expression.
-    let mut depth = 0usize;
-    let bytes = after_scheme.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if after_scheme[i..].starts_with("{{") || after_scheme[i..].starts_with("{%") {
-            return true;
-        }
-        match bytes[i] {
-            b'{' => depth += 1,
-            b'}' => depth = depth.saturating_sub(1),
-            b'/' | b'?' | b'#' if depth == 0 => return false,
-            _ => {}
-        }
-        i += 1;
-    }
-    false
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    has_template(scheme) || has_template(&rest[..end])
 }
 
 #[cfg(test)]
@@ -1161,5 +1144,10 @@ mod tests {
             "http://127.0.0.1:8700/agent?x={{ body.x }}"
         ));
         assert!(host_is_templated("{{ body.url }}"));
+        assert!(host_is_templated("{{ body.base }}/x"));
+        assert!(host_is_templated("https://{{ body.hosts['a/b'] }}/x"));
+        // Multi-byte characters must not trip the scan.
+        assert!(!host_is_templated("http://é/{{ body.x }}"));
+        assert!(host_is_templated("http://é{{ body.x }}/"));
     }
 }
