@@ -65,7 +65,7 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener = match TcpListener::bind(&args.listen).await {
+    let listener = match bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(addr = %args.listen, error = %e, "Cannot listen.");
@@ -222,6 +222,26 @@ fn install_signals() -> Option<Signals> {
             None
         }
     }
+}
+
+/// Listen with a deep accept backlog: the default (128) drops connection
+/// attempts during a burst, which senders see as timeouts.
+async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    const BACKLOG: u32 = 4096;
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
 }
 
 /// First SIGTERM/SIGINT: drain. Second: exit now.

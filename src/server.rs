@@ -206,7 +206,14 @@ async fn respond(req: Request<Incoming>, ingress: &Ingress, set: &RuleSet) -> Re
             return too_large();
         }
         Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "could not read the body"),
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "the body was not sent in time"),
+        Err(_) => {
+            let mut resp = error(StatusCode::REQUEST_TIMEOUT, "the body was not sent in time");
+            resp.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return resp;
+        }
     };
 
     let url = match (&source.url, parts.uri.query()) {

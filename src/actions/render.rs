@@ -6,7 +6,7 @@
 //! both is what makes the dry run truthful.
 
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::event::Event;
 use crate::rules::{Action, ActionKind, HttpBody, RuleSet};
@@ -50,26 +50,52 @@ pub enum Rendered {
     Shell(Command),
 }
 
+/// The template context of one delivery, borrowed from the event so a large
+/// body is converted once (into the template engine's values), not copied
+/// first.
+#[derive(Serialize)]
+struct Context<'a> {
+    body: &'a Value,
+    headers: &'a std::collections::BTreeMap<String, String>,
+    query: &'a std::collections::BTreeMap<String, String>,
+    event: EventContext<'a>,
+    rule: RuleContext<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a Value>,
+}
+
+#[derive(Serialize)]
+struct EventContext<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    source: &'a str,
+    provider: &'a str,
+    received_at: &'a str,
+}
+
+#[derive(Serialize)]
+struct RuleContext<'a> {
+    name: &'a str,
+}
+
 /// The template context of one delivery. `failure` is set for `on_failure`
 /// actions: the failed delivery's action, attempts and last error.
 pub fn context(event: &Event, rule: &str, failure: Option<&Value>) -> minijinja::Value {
-    let mut ctx = json!({
-        "body": event.body,
-        "headers": event.headers,
-        "query": event.query,
-        "event": {
-            "id": event.id,
-            "type": event.kind,
-            "source": event.source,
-            "provider": event.provider,
-            "received_at": event.received_at,
+    minijinja::Value::from(minijinja::value::Serde(&Context {
+        body: &event.body,
+        headers: &event.headers,
+        query: &event.query,
+        event: EventContext {
+            id: &event.id,
+            kind: &event.kind,
+            source: &event.source,
+            provider: &event.provider,
+            received_at: &event.received_at,
         },
-        "rule": { "name": rule },
-    });
-    if let (Some(f), Some(obj)) = (failure, ctx.as_object_mut()) {
-        obj.insert("failure".to_owned(), f.clone());
-    }
-    minijinja::Value::from(minijinja::value::Serde(&ctx))
+        rule: RuleContext { name: rule },
+        failure,
+    }))
 }
 
 /// Render `action` for the event whose context is `ctx`.
