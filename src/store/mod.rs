@@ -199,7 +199,8 @@ impl Store {
     /// its dedup key was already seen. When this returns `Accepted`, the event
     /// is on disk (fsync'd); it is safe to answer 202.
     pub async fn commit(&self, ev: NewEvent) -> Result<Committed, StoreError> {
-        match self.call(Op::Commit(ev)).await? {
+        let row = writer::event_row(&ev)?;
+        match self.call(Op::Commit(ev, row)).await? {
             Out::Committed(c) => Ok(c),
             _ => Err(StoreError::Internal("unexpected answer to commit")),
         }

@@ -151,8 +151,12 @@ fn duplicates_within_one_batch() {
     let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
     writer::prepare(&db, 0).expect("prepare");
     let mut keys = KeyGen::new();
-    let first = Op::Commit(new_event("a", 1_000, vec![delivery("r", 0)]));
-    let second = Op::Commit(new_event("a", 1_001, vec![delivery("r", 0)]));
+    let commit = |ev: NewEvent| {
+        let row = writer::event_row(&ev).expect("row");
+        Op::Commit(ev, row)
+    };
+    let first = commit(new_event("a", 1_000, vec![delivery("r", 0)]));
+    let second = commit(new_event("a", 1_001, vec![delivery("r", 0)]));
     let unknown = Op::Finish {
         delivery: 999,
         attempt: attempt(1_000, "ok", None),
