@@ -225,7 +225,7 @@ impl Store {
             })
             .await?
         {
-            Out::Leased(l) => Ok(l),
+            Out::Leased(rows) => decode_leased(rows),
             _ => Err(StoreError::Internal("unexpected answer to lease")),
         }
     }
@@ -563,4 +563,23 @@ impl Store {
             (a, b) => a.or(b),
         })
     }
+}
+
+/// Decode leased rows, each distinct event once, on the caller's thread.
+fn decode_leased(rows: Vec<writer::LeasedRow>) -> Result<Vec<Leased>, StoreError> {
+    let mut events: std::collections::HashMap<String, crate::event::Event> =
+        std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(rows.len());
+    for (delivery, row) in rows {
+        let event = match events.get(&delivery.event_key) {
+            Some(e) => e.clone(),
+            None => {
+                let decoded: schema::EventRow = schema::decode(&row, "event row")?;
+                events.insert(delivery.event_key.clone(), decoded.event.clone());
+                decoded.event
+            }
+        };
+        out.push(Leased { delivery, event });
+    }
+    Ok(out)
 }

@@ -32,11 +32,11 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::StoreError;
 use super::schema::{
     META_SCHEMA, SCHEMA_VERSION, WriteTables, delivery_ids_of, event_dedup_key, load_delivery,
-    load_event, rule_dedup_key,
+    rule_dedup_key,
 };
 use super::types::{
-    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
-    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, PruneStats,
+    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, MAX_DETAIL_BYTES,
+    NewDelivery, NewEvent, Next, PruneStats,
 };
 use crate::event::Event;
 
@@ -94,10 +94,15 @@ pub(super) struct PruneOut {
 /// The answer to an [`Op`].
 pub(super) enum Out {
     Committed(Committed),
-    Leased(Vec<Leased>),
+    /// Leased deliveries with their event rows still encoded: decoding is
+    /// left to the caller, off the writer thread.
+    Leased(Vec<LeasedRow>),
     Ids(Vec<DeliveryId>),
     Pruned(PruneOut),
 }
+
+/// A leased delivery and its event's stored row.
+pub(super) type LeasedRow = (DeliveryRecord, Arc<Vec<u8>>);
 
 pub(super) type Reply = oneshot::Sender<Result<Out, StoreError>>;
 
@@ -573,7 +578,7 @@ fn lease(
     limit: usize,
     lease_ms: u64,
     fx: &mut Effects,
-) -> Result<Vec<Leased>, StoreError> {
+) -> Result<Vec<LeasedRow>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
     }
@@ -595,7 +600,7 @@ fn lease(
     candidates.truncate(limit);
 
     let until = now.saturating_add(lease_ms);
-    let mut events: HashMap<String, Event> = HashMap::new();
+    let mut rows: HashMap<String, Arc<Vec<u8>>> = HashMap::new();
     let mut out = Vec::with_capacity(candidates.len());
     for (at, id, was_leased) in candidates {
         if was_leased {
@@ -608,33 +613,35 @@ fn lease(
             tracing::warn!(delivery = id, "index entry without delivery row; dropped");
             continue;
         };
-        let event = match events.get(&rec.event_key) {
-            Some(e) => e.clone(),
-            None => match load_event(&t.events, &rec.event_key)? {
-                Some(row) => {
-                    events.insert(rec.event_key.clone(), row.event.clone());
-                    row.event
-                }
-                None => {
-                    // Cannot run without its event; park it where people look.
-                    tracing::warn!(delivery = id, event = %rec.event_key, "delivery without event; marked dead");
-                    rec.state = DeliveryState::Dead;
-                    rec.lease_until_ms = None;
-                    rec.last_error = Some("event record missing".to_owned());
-                    t.put_delivery(&rec)?;
-                    t.dead.insert(id, ())?;
-                    continue;
-                }
-            },
+        let cached = rows.get(&rec.event_key).cloned();
+        let found = match cached {
+            Some(r) => Some(r),
+            None => t
+                .events
+                .get(rec.event_key.as_str())?
+                .map(|g| Arc::new(g.value().to_vec())),
+        };
+        let row = match found {
+            Some(r) => {
+                rows.insert(rec.event_key.clone(), r.clone());
+                r
+            }
+            None => {
+                // Cannot run without its event; park it where people look.
+                tracing::warn!(delivery = id, event = %rec.event_key, "delivery without event; marked dead");
+                rec.state = DeliveryState::Dead;
+                rec.lease_until_ms = None;
+                rec.last_error = Some("event record missing".to_owned());
+                t.put_delivery(&rec)?;
+                t.dead.insert(id, ())?;
+                continue;
+            }
         };
         rec.state = DeliveryState::Leased;
         rec.lease_until_ms = Some(until);
         t.put_delivery(&rec)?;
         t.leased.insert((until, id), ())?;
-        out.push(Leased {
-            delivery: rec,
-            event,
-        });
+        out.push((rec, row));
     }
     Ok(out)
 }
