@@ -7,10 +7,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
-
 use super::Outcome;
 use super::render::HttpRequest;
 use crate::rules::SigningKey;
@@ -40,21 +36,12 @@ pub fn standard_signature(
     timestamp: i64,
     body: &[u8],
 ) -> [(String, String); 3] {
-    let sig = Hmac::<Sha256>::new_from_slice(&key.0).map(|mut mac| {
-        mac.update(msg_id.as_bytes());
-        mac.update(b".");
-        mac.update(timestamp.to_string().as_bytes());
-        mac.update(b".");
-        mac.update(body);
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    });
     [
         ("webhook-id".to_owned(), msg_id.to_owned()),
         ("webhook-timestamp".to_owned(), timestamp.to_string()),
-        // HMAC accepts keys of any length, so this cannot fail in practice.
         (
             "webhook-signature".to_owned(),
-            format!("v1,{}", sig.unwrap_or_default()),
+            crate::providers::standard_signature_v1(&key.0, msg_id, timestamp, body),
         ),
     ]
 }
@@ -170,6 +157,7 @@ fn httpdate_parse(v: &str) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     #[test]
     fn retry_after_forms() {

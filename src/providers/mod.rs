@@ -41,6 +41,7 @@ mod twilio;
 mod zoom;
 
 pub use admit::{Admission, AdmitError, admit};
+pub use standard::sign_v1 as standard_signature_v1;
 
 use std::fmt;
 use std::time::Duration;

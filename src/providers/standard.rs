@@ -64,6 +64,20 @@ fn decode_secret(text: &str) -> Result<Key, String> {
     common::decode_base64_secret(encoded).map(Key::Hmac)
 }
 
+/// The `v1,<base64>` signature of a Standard Webhooks message, for senders:
+/// HMAC-SHA256 of `{id}.{timestamp}.{body}` under the decoded `whsec_` key.
+/// Used by `sign` here and by outgoing `http` actions with `sign:`.
+pub fn sign_v1(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
+    let ts = timestamp.to_string();
+    let mac = common::mac(
+        Algorithm::Sha256,
+        key,
+        &[id.as_bytes(), b".", ts.as_bytes(), b".", body],
+    )
+    .unwrap_or_default();
+    format!("v1,{}", common::encode_base64(&mac))
+}
+
 pub(super) fn build(settings: ProviderSettings) -> Result<Box<dyn Provider>, String> {
     let mut hmac = Vec::new();
     let mut public = Vec::new();
