@@ -32,7 +32,7 @@ use crate::event::RawRequest;
 use crate::ingest::{self, Outcome};
 use crate::metrics::Metrics;
 use crate::providers::{Admission, AdmitError, admit};
-use crate::rules::RuleSet;
+use crate::rules::{RuleSet, Source};
 use crate::store::Store;
 
 /// Limits of the ingress listener.
@@ -164,23 +164,25 @@ async fn handle(req: Request<Incoming>, ingress: &Ingress) -> Resp {
     // In-flight requests finish on the rule set they started with, whatever
     // a reload swaps in meanwhile.
     let set = ingress.rules.load_full();
-    let source = set
-        .source_for_path(req.uri().path())
-        .map(|s| s.name.clone());
-    let resp = respond(req, ingress, &set).await;
+    let source = set.source_for_path(req.uri().path());
+    let resp = match source {
+        Some(source) => respond(req, ingress, &set, source).await,
+        None => error(StatusCode::NOT_FOUND, "no source at this path"),
+    };
     ingress.metrics.record_request(
-        source.as_deref().unwrap_or(""),
+        source.map_or("", |s| s.name.as_str()),
         resp.status().as_u16(),
         started.elapsed().as_secs_f64(),
     );
     resp
 }
 
-async fn respond(req: Request<Incoming>, ingress: &Ingress, set: &RuleSet) -> Resp {
-    let path = req.uri().path().to_owned();
-    let Some(source) = set.source_for_path(&path) else {
-        return error(StatusCode::NOT_FOUND, "no source at this path");
-    };
+async fn respond(
+    req: Request<Incoming>,
+    ingress: &Ingress,
+    set: &RuleSet,
+    source: &Source,
+) -> Resp {
     if req.method() != http::Method::POST {
         let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
         resp.headers_mut()

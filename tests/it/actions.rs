@@ -6,10 +6,11 @@
 //! rules whose actions call the test's `Receiver` (with short backoffs) or
 //! run small scripts written next to the rules.
 
+use crate::support::{now, unique};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -67,17 +68,6 @@ impl Setup {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         p
     }
-}
-
-/// A unique GitHub delivery id.
-fn unique(tag: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Post a signed push event and return its key from the 202 answer.
@@ -173,16 +163,6 @@ fn cli_json(server: &Server, args: &[&str]) -> Value {
 
 fn body_json(r: &Recorded) -> Value {
     serde_json::from_slice(&r.body).expect("JSON body")
-}
-
-fn now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs(),
-    )
-    .expect("seconds")
 }
 
 const HTTP_RULE: &str = r#"

@@ -12,6 +12,7 @@
 //! cases (default timeouts, 10,000 connections, the release build) are in
 //! `bench/hostile.sh`.
 
+use crate::support::unique;
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::TcpStream;
 use std::sync::mpsc;
@@ -58,16 +59,6 @@ fn start(args: &[&str]) -> (TempDir, Server) {
     }
     let server = opts.start();
     (dir, server)
-}
-
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn push_body(note: &str) -> Vec<u8> {

@@ -7,10 +7,10 @@
 //! Their rules log `<rule>-fired[<event id>]`, so the log tells which rule
 //! ran for which event.
 
+use crate::support::unique;
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -30,16 +30,6 @@ const RELOAD_DEADLINE: Duration = Duration::from_secs(2);
 type Headers = Vec<(String, String)>;
 
 // ---- helpers ----
-
-/// A unique id per call, so no two requests of a run share one by accident.
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 /// Copy `tests/fixtures/operate/<from>` to `dir/<to>`, replacing each
 /// `(placeholder, value)`.
@@ -115,73 +105,8 @@ fn lines_with(log: &str, a: &str, b: &str) -> usize {
         .count()
 }
 
-/// Start `hookrouter serve` with `--log-format json`: the harness reads the
-/// addresses from text logs, this reads them from JSON fields.
 fn start_json(opts: ServerOpts) -> Server {
-    let mut cmd = Command::new(support::BIN);
-    cmd.arg("serve")
-        .arg("--rules")
-        .arg(&opts.rules)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data")
-        .arg(&opts.data)
-        .arg("--log-format")
-        .arg("json")
-        .args(&opts.args)
-        .current_dir(support::root())
-        .env_remove("HOOKROUTER_RULES")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    if opts.admin {
-        cmd.arg("--admin").arg("127.0.0.1:0");
-    }
-    for (k, v) in &opts.env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start hookrouter serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<(String, Option<String>)>();
-    let want_admin = opts.admin;
-    {
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let (mut addr, mut admin, mut sent) = (None, None, false);
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                    if let Some(a) = v["admin_addr"].as_str() {
-                        admin = Some(a.to_owned());
-                    }
-                    if v["message"] == "Listening for webhooks." {
-                        addr = v["addr"].as_str().map(str::to_owned);
-                    }
-                }
-                {
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-                if !sent && addr.is_some() && (admin.is_some() || !want_admin) {
-                    let _ = tx.send((addr.clone().unwrap(), admin.clone()));
-                    sent = true;
-                }
-            }
-        });
-    }
-    let Ok((addr, admin)) = rx.recv_timeout(WAIT) else {
-        let _ = child.kill();
-        panic!("server did not start; log:\n{}", log.lock().unwrap());
-    };
-    Server {
-        child,
-        addr,
-        admin,
-        log,
-        data: opts.data,
-    }
+    opts.arg("--log-format").arg("json").start()
 }
 
 /// `line:col` of the JSONPath that does not parse in `extra-broken.yaml`.

@@ -7,9 +7,10 @@
 //! source that logs `<source>-event type=[<type>] id=[<id>]`, so the log
 //! shows which events ran, with which type and id.
 
+use crate::support::{now, unique};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -134,27 +135,6 @@ fn start() -> (TempDir, Server) {
         &dir.path().join("data.redb"),
     );
     (dir, server)
-}
-
-fn now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs(),
-    )
-    .expect("seconds")
-}
-
-/// A fresh id per call, so no two requests share one by accident.
-fn unique(tag: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 // ---- secrets ----

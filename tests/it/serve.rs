@@ -6,10 +6,11 @@
 //! for every event they run, so the log tells exactly which events ran and
 //! how often.
 
+use crate::support::{now, unique};
 use std::io::{Read as _, Write as _};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use hookrouter::providers::{Algorithm, Encoding, HmacOptions, ProviderSettings, Secret};
 use tempfile::TempDir;
@@ -40,28 +41,6 @@ fn start_with(opts: impl FnOnce(ServerOpts) -> ServerOpts) -> (TempDir, Server) 
 
 fn start() -> (TempDir, Server) {
     start_with(|o| o)
-}
-
-fn now() -> i64 {
-    i64::try_from(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock")
-            .as_secs(),
-    )
-    .expect("seconds")
-}
-
-/// A unique id per call, so no two requests of a test run share one by
-/// accident.
-fn unique(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static N: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{prefix}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn with(mut headers: Headers, extra: &[(&str, &str)]) -> Headers {

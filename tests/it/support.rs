@@ -60,6 +60,29 @@ pub fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Unix time in seconds.
+pub fn now() -> i64 {
+    i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs(),
+    )
+    .expect("seconds")
+}
+
+/// A fresh id per call (`<tag>-<pid>-<n>`), so no two requests of a test
+/// run share one by accident.
+pub fn unique(tag: &str) -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Poll `f` until it returns true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -156,11 +179,18 @@ impl Server {
                 let mut addr = None;
                 let mut admin = None;
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(a) = field(&line, "admin_addr=") {
+                    // Text logs carry `key=value`; `--log-format json` logs
+                    // carry the same fields in an object.
+                    let json: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+                    let get = |key: &str| match &json {
+                        Some(v) => v[key].as_str().map(str::to_owned),
+                        None => field(&line, &format!("{key}=")),
+                    };
+                    if let Some(a) = get("admin_addr") {
                         admin = Some(a);
                     }
                     if line.contains("Listening for webhooks.") {
-                        addr = field(&line, "addr=");
+                        addr = get("addr");
                     }
                     log.lock().unwrap().push_str(&line);
                     log.lock().unwrap().push('\n');
