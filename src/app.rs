@@ -149,11 +149,12 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
 
     let dispatcher = Dispatcher::new(rules.clone(), store.clone(), metrics.clone(), args.workers);
     let dispatch_stop = CancellationToken::new();
-    let dispatch_task = tokio::spawn(dispatcher.run(dispatch_stop.clone(), args.grace));
+    let dispatch_task = tokio::spawn(dispatcher.clone().run(dispatch_stop.clone(), args.grace));
 
     let ingress = Arc::new(Ingress {
         rules: rules.clone(),
         store: store.clone(),
+        dispatcher: Some(dispatcher),
         limits: Limits {
             max_body: args.max_body,
             header_timeout: args.header_timeout,

@@ -11,7 +11,7 @@
 //! by a process that died are due again when the store reopens.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -48,8 +48,45 @@ pub struct Dispatcher {
     max_in_flight: usize,
     in_flight: AtomicUsize,
     slot_freed: Notify,
+    /// The last lease filled every free slot: deliveries are waiting in the
+    /// queue, so new events queue behind them instead of being claimed.
+    backlog: AtomicBool,
+    /// Cleared when shutdown begins; no new claims after that.
+    accepting: AtomicBool,
     lanes: Mutex<HashMap<LaneKey, mpsc::UnboundedSender<Leased>>>,
     tracker: TaskTracker,
+}
+
+/// Worker slots reserved for the deliveries of one event about to be
+/// committed, so they can be committed already leased and run straight from
+/// memory ([`Store::commit_leased`]) instead of being queued and leased back.
+///
+/// Dropping a claim that was not started gives its slots back.
+pub struct Claim {
+    dispatcher: Arc<Dispatcher>,
+    slots: usize,
+}
+
+impl Claim {
+    /// How long claimed deliveries are leased for.
+    pub const LEASE_MS: u64 = LEASE_MS;
+
+    /// Runs the committed deliveries (at most the reserved number; a rule-level
+    /// duplicate may have left fewer) and frees the unused slots.
+    pub fn start(mut self, leased: Vec<Leased>) {
+        let unused = self.slots.saturating_sub(leased.len());
+        self.slots = 0;
+        self.dispatcher.release(unused);
+        for l in leased {
+            Arc::clone(&self.dispatcher).dispatch(l);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.dispatcher.release(self.slots);
+    }
 }
 
 /// The delay before retry number `attempt` (1 = the first retry).
@@ -87,9 +124,53 @@ impl Dispatcher {
             max_in_flight: workers * 4,
             in_flight: AtomicUsize::new(0),
             slot_freed: Notify::new(),
+            backlog: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
             lanes: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
         })
+    }
+
+    /// Reserves a worker slot for each of `deliveries` if all of them can run
+    /// right away: the pool has room, nothing is waiting in the queue, and no
+    /// action has `concurrency:` (a lane runs in queue order, which only the
+    /// queue gives). `None` means: commit them queued, as usual.
+    pub fn claim(self: &Arc<Self>, set: &RuleSet, deliveries: &[NewDelivery]) -> Option<Claim> {
+        let n = deliveries.len();
+        if n == 0 || !self.accepting.load(Ordering::Acquire) || self.backlog.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        let laned = deliveries.iter().any(|d| {
+            set.rule(&d.rule)
+                .and_then(|r| action_of(r, d.action, d.on_failure.is_some()))
+                .is_none_or(|a| a.concurrency.is_some())
+        });
+        if laned {
+            return None;
+        }
+        let reserved = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+                (cur + n <= self.max_in_flight).then_some(cur + n)
+            });
+        if reserved.is_err() {
+            // This event queues; later ones queue behind it until the
+            // dispatcher has caught up, so arrival order is kept.
+            self.backlog.store(true, Ordering::Release);
+            return None;
+        }
+        Some(Claim {
+            dispatcher: Arc::clone(self),
+            slots: n,
+        })
+    }
+
+    fn release(&self, slots: usize) {
+        if slots > 0 {
+            self.in_flight.fetch_sub(slots, Ordering::AcqRel);
+            self.slot_freed.notify_one();
+        }
     }
 
     /// Lease and run deliveries until `shutdown`, then wait up to `grace` for
@@ -118,6 +199,7 @@ impl Dispatcher {
             match self.store.lease_due(now, room, LEASE_MS).await {
                 Ok(batch) => {
                     let full = batch.len() == room;
+                    self.backlog.store(full, Ordering::Release);
                     for leased in batch {
                         self.in_flight.fetch_add(1, Ordering::AcqRel);
                         self.clone().dispatch(leased);
@@ -145,6 +227,7 @@ impl Dispatcher {
                 () = shutdown.cancelled() => break,
             }
         }
+        self.accepting.store(false, Ordering::Release);
         self.lanes.lock().map(|mut l| l.clear()).ok();
         self.tracker.close();
         if tokio::time::timeout(grace, self.tracker.wait())

@@ -113,7 +113,13 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
         .then(|| source.provider.verify(&raw).map_err(|e| e.to_string()));
     let content_type = raw.header("content-type");
     let parsed = body::parse(content_type, &req.body)?;
-    let event = envelope::build(source, &raw, parsed, req.query.clone(), now);
+    let event = std::sync::Arc::new(envelope::build(
+        source,
+        &raw,
+        parsed,
+        req.query.clone(),
+        now,
+    ));
     let rules = set
         .explain(&event)
         .into_iter()
@@ -137,7 +143,7 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
         })
         .collect();
     Ok(Report {
-        event,
+        event: std::sync::Arc::unwrap_or_clone(event),
         signature,
         rules,
     })

@@ -231,7 +231,7 @@ fn route_agrees_with_explain(set: &RuleSet, event: &Event) {
         let Some(rule) = set.rule(name) else {
             panic!("routed to {name:?}, which `rule` does not know");
         };
-        let ctx = render::context(event, &rule.name, None);
+        let ctx = render::context(&std::sync::Arc::new(event.clone()), &rule.name, None);
         if let Some(dedup) = &rule.dedup {
             let _ = set.templates.render(dedup, &ctx);
         }
@@ -386,7 +386,7 @@ fn template_context() -> &'static minijinja::Value {
             body: sample_bodies().get(2).cloned().unwrap_or_default(),
         };
         let failure = json!({"action": "http", "attempts": 3, "error": "HTTP 500"});
-        render::context(&event, "fuzz-rule", Some(&failure))
+        render::context(&std::sync::Arc::new(event), "fuzz-rule", Some(&failure))
     })
 }
 

@@ -7,14 +7,16 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
 use crate::actions::render;
+use crate::dispatch::{Claim, Dispatcher};
 use crate::event::Event;
 use crate::providers::Verified;
 use crate::rules::RuleSet;
-use crate::store::{Committed, NewDelivery, NewEvent, Store, StoreError};
+use crate::store::{Committed, Leased, NewDelivery, NewEvent, Store, StoreError};
 
 /// What became of an accepted event.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     Accepted {
         id: String,
@@ -22,6 +24,9 @@ pub enum Outcome {
         /// Names of the matched rules.
         matched: Vec<String>,
         deliveries: usize,
+        /// Deliveries committed leased to this process, to hand to the
+        /// workers once the event is acknowledged (dropping it does too).
+        run: Option<Started>,
     },
     Duplicate {
         id: String,
@@ -48,6 +53,8 @@ pub fn plan(
 ) -> (Vec<NewDelivery>, Vec<String>) {
     let mut deliveries = Vec::new();
     let mut matched = Vec::new();
+    // Templates take a shared event; made once, and only for `dedup:`.
+    let mut shared: Option<Arc<Event>> = None;
     let rules = set.route(event);
     if rules.is_empty() {
         tracing::debug!(event_id = %event.id, source = %event.source, "Event matched no rule.");
@@ -63,7 +70,8 @@ pub fn plan(
         }
         matched.push(rule.name.clone());
         let rule_key = rule.dedup.as_ref().and_then(|tpl| {
-            let ctx = render::context(event, &rule.name, None);
+            let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
+            let ctx = render::context(shared, &rule.name, None);
             match set.templates.render(tpl, &ctx) {
                 Ok(k) => Some(format!("{}\u{0}rule\u{0}{}\u{0}{k}", event.source, rule.name)),
                 Err(e) => {
@@ -86,14 +94,46 @@ pub fn plan(
     (deliveries, matched)
 }
 
+/// Deliveries committed leased, and the worker slots reserved for them.
+pub struct Started {
+    claim: Option<Claim>,
+    leased: Vec<Leased>,
+}
+
+impl Started {
+    /// Hands the deliveries to the workers.
+    pub fn start(mut self) {
+        self.go();
+    }
+
+    fn go(&mut self) {
+        if let Some(claim) = self.claim.take() {
+            claim.start(std::mem::take(&mut self.leased));
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        // Leased deliveries must not wait for the lease to run out.
+        self.go();
+    }
+}
+
 /// Route and durably record a verified event. Returns only after the commit
 /// is fsync'd, so an `Accepted` answer may be acknowledged with 2xx.
+///
+/// When the dispatcher has free workers, the deliveries are committed already
+/// leased and come back in [`Outcome::Accepted`]'s `run`, which skips a trip
+/// through the queue; otherwise they are queued and the dispatcher leases
+/// them.
 ///
 /// # Errors
 /// The store's error; the caller answers 503 so the sender retries.
 pub async fn ingest(
     set: &RuleSet,
     store: &Store,
+    dispatcher: Option<&Arc<Dispatcher>>,
     event: Verified<Event>,
     dedup_window: Duration,
 ) -> Result<Outcome, StoreError> {
@@ -103,21 +143,32 @@ pub async fn ingest(
     let window = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
     let id = event.id.clone();
     let n = deliveries.len();
-    let committed = store
-        .commit(NewEvent {
-            dedup_key: dedup_key(&event),
-            dedup_until_ms: now.saturating_add(window),
-            received_ms: now,
-            deliveries,
-            event,
-        })
-        .await?;
+    let claim = dispatcher.and_then(|d| d.claim(set, &deliveries));
+    let new = NewEvent {
+        dedup_key: dedup_key(&event),
+        dedup_until_ms: now.saturating_add(window),
+        received_ms: now,
+        deliveries,
+        event,
+    };
+    let (committed, run) = match claim {
+        Some(claim) => {
+            let (c, leased) = store.commit_leased(new, Claim::LEASE_MS).await?;
+            let run = Started {
+                claim: Some(claim),
+                leased,
+            };
+            (c, Some(run))
+        }
+        None => (store.commit(new).await?, None),
+    };
     Ok(match committed {
         Committed::Accepted { key, deliveries } => Outcome::Accepted {
             id,
             key,
             matched,
             deliveries: deliveries.len().min(n),
+            run,
         },
         Committed::Duplicate { key } => Outcome::Duplicate { id, key },
     })

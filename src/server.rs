@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::body::BodyError;
+use crate::dispatch::Dispatcher;
 use crate::envelope;
 use crate::event::RawRequest;
 use crate::ingest::{self, Outcome};
@@ -63,6 +64,8 @@ impl Default for Limits {
 pub struct Ingress {
     pub rules: Arc<ArcSwap<RuleSet>>,
     pub store: Store,
+    /// Runs the deliveries of accepted events straight away when it has room.
+    pub dispatcher: Option<Arc<Dispatcher>>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
 }
@@ -266,14 +269,26 @@ async fn respond(
         }
     };
     let event_id = event.id.clone();
-    match ingest::ingest(set, &ingress.store, event, ingress.limits.dedup_window).await {
+    let stored = ingest::ingest(
+        set,
+        &ingress.store,
+        ingress.dispatcher.as_ref(),
+        event,
+        ingress.limits.dedup_window,
+    )
+    .await;
+    match stored {
         Ok(Outcome::Accepted {
             id,
             key,
             matched,
             deliveries,
+            run,
         }) => {
             tracing::info!(event_id = %id, key = %key, source = %source.name, rules = ?matched, deliveries, "Event accepted.");
+            if let Some(run) = run {
+                run.start();
+            }
             for rule in &matched {
                 ingress.metrics.record_match(rule);
             }

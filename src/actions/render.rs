@@ -5,6 +5,9 @@
 //! what this produces; `hookrouter test` prints it. Keeping one renderer for
 //! both is what makes the dry run truthful.
 
+use std::sync::Arc;
+
+use minijinja::value::{Enumerator, Object, ObjectRepr};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -50,18 +53,66 @@ pub enum Rendered {
     Shell(Command),
 }
 
-/// The template context of one delivery, borrowed from the event so a large
-/// body is converted once (into the template engine's values), not copied
-/// first.
-#[derive(Serialize)]
-struct Context<'a> {
-    body: &'a Value,
-    headers: &'a std::collections::BTreeMap<String, String>,
-    query: &'a std::collections::BTreeMap<String, String>,
-    event: EventContext<'a>,
-    rule: RuleContext<'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    failure: Option<&'a Value>,
+/// The template context of one delivery. `failure` is set for `on_failure`
+/// actions: the failed delivery's action, attempts and last error.
+///
+/// Nothing is converted up front: `body.a.b` walks the event's JSON and
+/// converts only the value it reaches, so a large body costs a template only
+/// what it reads. Whole objects (`{{ body | tojson }}`, loops) are walked the
+/// same way, in the body's own key order.
+pub fn context(event: &Arc<Event>, rule: &str, failure: Option<&Value>) -> minijinja::Value {
+    minijinja::Value::from_object(Root {
+        event: Arc::clone(event),
+        rule: rule.to_owned(),
+        failure: failure.cloned(),
+    })
+}
+
+/// The top level: `body`, `headers`, `query`, `event`, `rule`, `failure`.
+#[derive(Debug)]
+struct Root {
+    event: Arc<Event>,
+    rule: String,
+    failure: Option<Value>,
+}
+
+const KEYS: &[&str] = &["body", "headers", "query", "event", "rule"];
+const KEYS_WITH_FAILURE: &[&str] = &["body", "headers", "query", "event", "rule", "failure"];
+
+impl Object for Root {
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        let e = &self.event;
+        Some(match key.as_str()? {
+            "body" => json(&e.body, || Json {
+                event: Arc::clone(e),
+                path: Vec::new(),
+            }),
+            "headers" => serde_value(&e.headers),
+            "query" => serde_value(&e.query),
+            "event" => serde_value(EventContext {
+                id: &e.id,
+                kind: &e.kind,
+                source: &e.source,
+                provider: &e.provider,
+                received_at: &e.received_at,
+            }),
+            "rule" => serde_value(RuleContext { name: &self.rule }),
+            "failure" => serde_value(self.failure.as_ref()?),
+            _ => return None,
+        })
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Str(if self.failure.is_some() {
+            KEYS_WITH_FAILURE
+        } else {
+            KEYS
+        })
+    }
+}
+
+fn serde_value<T: Serialize>(v: T) -> minijinja::Value {
+    minijinja::Value::from(minijinja::value::Serde(v))
 }
 
 #[derive(Serialize)]
@@ -79,23 +130,108 @@ struct RuleContext<'a> {
     name: &'a str,
 }
 
-/// The template context of one delivery. `failure` is set for `on_failure`
-/// actions: the failed delivery's action, attempts and last error.
-pub fn context(event: &Event, rule: &str, failure: Option<&Value>) -> minijinja::Value {
-    minijinja::Value::from(minijinja::value::Serde(&Context {
-        body: &event.body,
-        headers: &event.headers,
-        query: &event.query,
-        event: EventContext {
-            id: &event.id,
-            kind: &event.kind,
-            source: &event.source,
-            provider: &event.provider,
-            received_at: &event.received_at,
-        },
-        rule: RuleContext { name: rule },
-        failure,
-    }))
+/// An object or array inside the event's body, found again from the body
+/// by its path on each look-up (paths are short; the event is shared).
+#[derive(Debug)]
+struct Json {
+    event: Arc<Event>,
+    path: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(usize),
+}
+
+impl Json {
+    fn node(&self) -> &Value {
+        let mut v = &self.event.body;
+        for step in &self.path {
+            let next = match step {
+                Step::Key(k) => v.get(k.as_str()),
+                Step::Index(i) => v.get(*i),
+            };
+            // The path was taken from this very value, which never changes.
+            v = next.unwrap_or(&Value::Null);
+        }
+        v
+    }
+
+    fn child(&self, step: Step) -> Json {
+        let mut path = Vec::with_capacity(self.path.len() + 1);
+        path.extend_from_slice(&self.path);
+        path.push(step);
+        Json {
+            event: Arc::clone(&self.event),
+            path,
+        }
+    }
+}
+
+/// A JSON value as a template value: scalars are converted, objects and
+/// arrays become lazy [`Json`] nodes.
+fn json(v: &Value, node: impl FnOnce() -> Json) -> minijinja::Value {
+    match v {
+        Value::Null => minijinja::Value::from(()),
+        Value::Bool(b) => minijinja::Value::from(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                minijinja::Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                minijinja::Value::from(u)
+            } else {
+                minijinja::Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => minijinja::Value::from(s.as_str()),
+        Value::Array(_) | Value::Object(_) => minijinja::Value::from_object(node()),
+    }
+}
+
+impl Object for Json {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        match self.node() {
+            Value::Array(_) => ObjectRepr::Seq,
+            _ => ObjectRepr::Map,
+        }
+    }
+
+    fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
+        match self.node() {
+            Value::Object(map) => {
+                let k = key.as_str()?;
+                let v = map.get(k)?;
+                Some(json(v, || self.child(Step::Key(k.to_owned()))))
+            }
+            Value::Array(items) => {
+                let i = key.as_usize()?;
+                let v = items.get(i)?;
+                Some(json(v, || self.child(Step::Index(i))))
+            }
+            _ => None,
+        }
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        match self.node() {
+            Value::Object(map) => Enumerator::Values(
+                map.keys()
+                    .map(|k| minijinja::Value::from(k.as_str()))
+                    .collect(),
+            ),
+            Value::Array(items) => Enumerator::Seq(items.len()),
+            _ => Enumerator::Empty,
+        }
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        match self.node() {
+            Value::Object(map) => Some(map.len()),
+            Value::Array(items) => Some(items.len()),
+            _ => Some(0),
+        }
+    }
 }
 
 /// Render `action` for the event whose context is `ctx`.
@@ -159,4 +295,90 @@ pub fn render(
             workdir: s.workdir.as_ref().map(|w| w.display().to_string()),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::template::Templates;
+
+    fn event(body: Value) -> Arc<Event> {
+        Arc::new(Event {
+            id: "d-1".to_owned(),
+            kind: "push".to_owned(),
+            source: "gh".to_owned(),
+            provider: "github".to_owned(),
+            received_at: "2025-01-01T00:00:00.000Z".to_owned(),
+            headers: BTreeMap::from([("x-github-event".to_owned(), "push".to_owned())]),
+            query: BTreeMap::from([("q".to_owned(), "1".to_owned())]),
+            body,
+        })
+    }
+
+    fn render(src: &str, ctx: &minijinja::Value) -> Result<String, TemplateError> {
+        let mut t = Templates::new();
+        let tpl = t.compile(src)?;
+        t.render(&tpl, ctx)
+    }
+
+    #[test]
+    fn the_lazy_context_reads_like_the_event() {
+        let body = json!({
+            "zeta": 1, "alpha": {"n": null, "ok": true, "f": 1.5, "big": 18_446_744_073_709_551_615u64},
+            "list": [{"id": "a"}, {"id": "b"}, 3], "s": "x\"y"
+        });
+        let ctx = context(&event(body.clone()), "r1", Some(&json!({"attempts": 3})));
+        let cases = [
+            ("{{ body.list[1].id }}", "b"),
+            ("{{ body.list[-1] }}", "3"),
+            (
+                "{{ body['alpha'].ok }} {{ body.alpha.f }} {{ body.alpha.big }}",
+                "True 1.5 18446744073709551615",
+            ),
+            ("{{ body.alpha.n is none }}", "True"),
+            (
+                "{% for item in body.list %}{{ loop.index }}{% endfor %}",
+                "123",
+            ),
+            ("{{ body.list | length }} {{ body | length }}", "3 4"),
+            (
+                "{{ body.list | map(attribute='id') | select | join('+') }}",
+                "a+b",
+            ),
+            ("{{ body.missing | default('none') }}", "none"),
+            ("{{ 'yes' if body.alpha else 'no' }}", "yes"),
+            (
+                "{{ event.id }} {{ event.type }} {{ rule.name }} {{ headers['x-github-event'] }} {{ query.q }}",
+                "d-1 push r1 push 1",
+            ),
+            ("{{ failure.attempts }}", "3"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(render(src, &ctx).expect(src), want, "{src}");
+        }
+        // Keys come in the body's own order; the whole body comes back as
+        // the same JSON.
+        let keys: String = body
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| format!("{k},"))
+            .collect();
+        let looped = render("{% for k in body %}{{ k }},{% endfor %}", &ctx).expect("loop");
+        assert_eq!(looped, keys);
+        let whole = render("{{ body | tojson }}", &ctx).expect("tojson");
+        assert_eq!(serde_json::from_str::<Value>(&whole).expect("json"), body);
+        // Printing what is not there fails the render (semi-strict).
+        assert!(render("{{ body.alpha.missing.deeper }}", &ctx).is_err());
+        // No failure context outside on_failure actions.
+        let plain = context(&event(json!({})), "r1", None);
+        assert_eq!(
+            render("{{ failure is defined }}", &plain).expect("defined"),
+            "False"
+        );
+    }
 }

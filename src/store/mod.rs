@@ -45,6 +45,11 @@ use writer::{Cmd, Op, Out, PruneChunk, Shared};
 /// (asynchronously) too. Bounds memory when the disk is slower than arrivals.
 const QUEUE_CAPACITY: usize = 8192;
 
+/// redb's page cache. Its default (1 GiB) would let a long-running router
+/// grow to that size as the file grows; recent pages are what the writer and
+/// the dispatcher touch, and older ones are read only for inspection.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+
 /// Errors of the store.
 ///
 /// [`StoreError::is_not_found`] errors concern the request (unknown event or
@@ -156,7 +161,9 @@ impl Store {
     /// at-least-once means running it again. Blocks on file I/O (and on
     /// redb's repair after an unclean shutdown).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)?;
         let pending = writer::prepare(&db, writer::now_ms())?;
         let db = Arc::new(db);
         let shared = Arc::new(Shared::default());
@@ -200,8 +207,27 @@ impl Store {
     /// is on disk (fsync'd); it is safe to answer 202.
     pub async fn commit(&self, ev: NewEvent) -> Result<Committed, StoreError> {
         let row = writer::event_row(&ev)?;
-        match self.call(Op::Commit(ev, row)).await? {
-            Out::Committed(c) => Ok(c),
+        match self.call(Op::Commit(ev, row, None)).await? {
+            Out::Committed(c, _) => Ok(c),
+            _ => Err(StoreError::Internal("unexpected answer to commit")),
+        }
+    }
+
+    /// [`Store::commit`], but the deliveries are created already leased for
+    /// `lease_ms` and handed back with the event, for the caller to run
+    /// without a trip through the queue. They are durable like any other: if
+    /// the caller never finishes them, a restart (or the lease's expiry) makes
+    /// them due again.
+    pub async fn commit_leased(
+        &self,
+        ev: NewEvent,
+        lease_ms: u64,
+    ) -> Result<(Committed, Vec<Leased>), StoreError> {
+        let row = writer::event_row(&ev)?;
+        match self.call(Op::Commit(ev, row, Some(lease_ms))).await? {
+            Out::Claimed(c, leased) => Ok((c, leased)),
+            // A duplicate carries no deliveries and is not joined.
+            Out::Committed(c, _) => Ok((c, Vec::new())),
             _ => Err(StoreError::Internal("unexpected answer to commit")),
         }
     }
@@ -567,16 +593,17 @@ impl Store {
 
 /// Decode leased rows, each distinct event once, on the caller's thread.
 fn decode_leased(rows: Vec<writer::LeasedRow>) -> Result<Vec<Leased>, StoreError> {
-    let mut events: std::collections::HashMap<String, crate::event::Event> =
+    let mut events: std::collections::HashMap<String, Arc<crate::event::Event>> =
         std::collections::HashMap::new();
     let mut out = Vec::with_capacity(rows.len());
     for (delivery, row) in rows {
         let event = match events.get(&delivery.event_key) {
-            Some(e) => e.clone(),
+            Some(e) => Arc::clone(e),
             None => {
                 let decoded: schema::EventRow = schema::decode(&row, "event row")?;
-                events.insert(delivery.event_key.clone(), decoded.event.clone());
-                decoded.event
+                let event = Arc::new(decoded.event);
+                events.insert(delivery.event_key.clone(), Arc::clone(&event));
+                event
             }
         };
         out.push(Leased { delivery, event });

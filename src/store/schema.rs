@@ -86,6 +86,10 @@ pub(super) struct WriteTables<'t> {
     pub dead: redb::Table<'t, u64, ()>,
     pub attempts: redb::Table<'t, (u64, u32), &'static [u8]>,
     pub meta: redb::Table<'t, &'static str, u64>,
+    /// The next delivery id, read from `meta` on first use and written back
+    /// once by [`WriteTables::flush_ids`], not once per delivery.
+    next_id: Option<u64>,
+    ids_dirty: bool,
 }
 
 impl<'t> WriteTables<'t> {
@@ -103,6 +107,8 @@ impl<'t> WriteTables<'t> {
             dead: txn.open_table(DEAD)?,
             attempts: txn.open_table(ATTEMPTS)?,
             meta: txn.open_table(META)?,
+            next_id: None,
+            ids_dirty: false,
         })
     }
 
@@ -116,9 +122,22 @@ impl<'t> WriteTables<'t> {
     /// transaction, so an aborted batch does not burn ids and a committed one
     /// never reuses them.
     pub fn next_delivery_id(&mut self) -> Result<DeliveryId, StoreError> {
-        let id = self.meta.get(META_NEXT_ID)?.map(|g| g.value()).unwrap_or(1);
-        self.meta.insert(META_NEXT_ID, id + 1)?;
+        let id = match self.next_id {
+            Some(id) => id,
+            None => self.meta.get(META_NEXT_ID)?.map(|g| g.value()).unwrap_or(1),
+        };
+        self.next_id = Some(id + 1);
+        self.ids_dirty = true;
         Ok(id)
+    }
+
+    /// Writes the id counter back; must run before the transaction commits.
+    pub fn flush_ids(&mut self) -> Result<(), StoreError> {
+        if let (true, Some(next)) = (self.ids_dirty, self.next_id) {
+            self.meta.insert(META_NEXT_ID, next)?;
+            self.ids_dirty = false;
+        }
+        Ok(())
     }
 }
 

@@ -153,7 +153,7 @@ fn duplicates_within_one_batch() {
     let mut keys = KeyGen::new();
     let commit = |ev: NewEvent| {
         let row = writer::event_row(&ev).expect("row");
-        Op::Commit(ev, row)
+        Op::Commit(ev, row, None)
     };
     let first = commit(new_event("a", 1_000, vec![delivery("r", 0)]));
     let second = commit(new_event("a", 1_001, vec![delivery("r", 0)]));
@@ -167,7 +167,7 @@ fn duplicates_within_one_batch() {
     assert!(done.committed);
     let mut outs = done.outs.into_iter();
     let key = match outs.next() {
-        Some(Ok(Out::Committed(Committed::Accepted { key, deliveries }))) => {
+        Some(Ok(Out::Committed(Committed::Accepted { key, deliveries }, _))) => {
             assert_eq!(deliveries.len(), 1);
             key
         }
@@ -179,7 +179,7 @@ fn duplicates_within_one_batch() {
         _ => panic!("finish of an unknown delivery should fail alone"),
     }
     match outs.next() {
-        Some(Ok(Out::Committed(Committed::Duplicate { key: original }))) => {
+        Some(Ok(Out::Committed(Committed::Duplicate { key: original }, _))) => {
             assert_eq!(original, key)
         }
         _ => panic!("second commit should be a duplicate"),
@@ -296,7 +296,7 @@ async fn lease_then_finish_done() {
     assert_eq!(leased[0].delivery.id, ids[0]);
     assert_eq!(leased[0].delivery.state, DeliveryState::Leased);
     assert_eq!(leased[0].delivery.lease_until_ms, Some(1_000 + LEASE));
-    assert_eq!(leased[0].event, event("a"));
+    assert_eq!(*leased[0].event, event("a"));
     assert_eq!(depth(&store).leased, 1);
     // Leased is not due again while the lease holds.
     assert!(
@@ -742,4 +742,117 @@ fn state_names() {
         serde_json::to_string(&DeliveryState::Pending).expect("json"),
         "\"pending\""
     );
+}
+
+#[tokio::test]
+async fn commit_leased_hands_back_leased_deliveries_with_the_event() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (committed, leased) = store
+        .commit_leased(
+            new_event("a", 1_000, vec![delivery("r", 0), delivery("r", 1)]),
+            LEASE,
+        )
+        .await
+        .expect("commit");
+    let Committed::Accepted { key, deliveries } = committed else {
+        panic!("expected Accepted, got {committed:?}");
+    };
+    assert_eq!(leased.len(), 2);
+    assert_eq!(
+        leased.iter().map(|l| l.delivery.id).collect::<Vec<_>>(),
+        deliveries
+    );
+    for l in &leased {
+        assert_eq!(l.delivery.state, DeliveryState::Leased);
+        assert_eq!(l.delivery.lease_until_ms, Some(1_000 + LEASE));
+        assert_eq!(l.delivery.event_key, key);
+        assert_eq!(*l.event, event("a"));
+    }
+    // Leased, not queued: the dispatcher's lease finds nothing.
+    assert_eq!(depth(&store).leased, 2);
+    assert_eq!(depth(&store).pending, 0);
+    assert!(
+        store
+            .lease_due(2_000, 10, LEASE)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    store
+        .finish(deliveries[0], attempt(1_010, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    let d = depth(&store);
+    assert_eq!((d.pending, d.leased, d.done), (0, 1, 1));
+
+    // A duplicate creates nothing and hands back nothing.
+    let (again, none) = store
+        .commit_leased(new_event("a", 2_000, vec![delivery("r", 0)]), LEASE)
+        .await
+        .expect("commit");
+    assert_eq!(again, Committed::Duplicate { key: key.clone() });
+    assert!(none.is_empty());
+
+    // The unfinished one is due again after a restart, like any lease.
+    store.close().await.expect("close");
+    drop(store);
+    let store = open(dir.path());
+    let d = depth(&store);
+    assert_eq!((d.pending, d.leased, d.done), (1, 0, 1));
+    let due = store
+        .lease_due(u64::MAX / 2, 10, LEASE)
+        .await
+        .expect("lease");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery.id, deliveries[1]);
+}
+
+#[tokio::test]
+async fn delivery_ids_stay_unique_across_batches_and_reopen() {
+    let dir = tempdir();
+    let mut seen = std::collections::HashSet::new();
+    for round in 0..2 {
+        let store = open(dir.path());
+        let commits = (0..20).map(|i| {
+            let store = store.clone();
+            async move {
+                let id = format!("{round}-{i}");
+                accept(
+                    &store,
+                    new_event(&id, 1_000, vec![delivery("r", 0), delivery("r", 1)]),
+                )
+                .await
+                .1
+            }
+        });
+        for ids in futures_join_all(commits).await {
+            for id in ids {
+                assert!(seen.insert(id), "delivery id {id} handed out twice");
+            }
+        }
+        store.close().await.expect("close");
+    }
+    let store = open(dir.path());
+    let (_, ids) = accept(&store, new_event("after", 1_000, vec![delivery("r", 0)])).await;
+    assert!(
+        seen.insert(ids[0]),
+        "delivery id {} reused after reopen",
+        ids[0]
+    );
+}
+
+/// Runs the futures concurrently on the test runtime, so the writer sees them
+/// together and batches them.
+async fn futures_join_all<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.expect("join"));
+    }
+    out
 }

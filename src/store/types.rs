@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -183,7 +184,8 @@ pub struct DeliveryRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leased {
     pub delivery: DeliveryRecord,
-    pub event: Event,
+    /// Shared by the deliveries of one event.
+    pub event: Arc<Event>,
 }
 
 /// One execution of a delivery's action, as reported by the worker.

@@ -35,8 +35,8 @@ use super::schema::{
     rule_dedup_key,
 };
 use super::types::{
-    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, MAX_DETAIL_BYTES,
-    NewDelivery, NewEvent, Next, PruneStats,
+    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
+    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, PruneStats,
 };
 use crate::event::Event;
 
@@ -52,8 +52,10 @@ pub(super) const PRUNE_DEDUP_PER_CHUNK: usize = 1024;
 /// A write request.
 pub(super) enum Op {
     /// The event and its row, serialized by the caller so the single writer
-    /// thread spends its time on the transaction, not on JSON.
-    Commit(NewEvent, Vec<u8>),
+    /// thread spends its time on the transaction, not on JSON. With a lease
+    /// (ms), the deliveries are created already leased to the caller, which
+    /// runs them from memory: no lease round trip through the queue.
+    Commit(NewEvent, Vec<u8>, Option<u64>),
     Lease {
         now_ms: u64,
         limit: usize,
@@ -93,7 +95,11 @@ pub(super) struct PruneOut {
 
 /// The answer to an [`Op`].
 pub(super) enum Out {
-    Committed(Committed),
+    /// With the records of the deliveries created leased, if any.
+    Committed(Committed, Vec<DeliveryRecord>),
+    /// A leased commit as handed back to its caller: the records joined with
+    /// the event, which the op carried here and no longer needs.
+    Claimed(Committed, Vec<Leased>),
     /// Leased deliveries with their event rows still encoded: decoding is
     /// left to the caller, off the writer thread.
     Leased(Vec<LeasedRow>),
@@ -288,9 +294,9 @@ fn process(db: &Database, shared: &Shared, keys: &mut KeyGen, batch: Vec<(Op, Re
     match transact(db, &ops, keys) {
         Ok(done) => {
             finish_txn(shared, &done, ops.len());
-            for ((_, reply), out) in batch.into_iter().zip(done.outs) {
+            for ((op, reply), out) in batch.into_iter().zip(done.outs) {
                 // A caller that gave up waiting is not an error here.
-                let _ = reply.send(out);
+                let _ = reply.send(hand_back(op, out));
             }
         }
         Err(e) if batch.len() == 1 => {
@@ -307,9 +313,11 @@ fn process(db: &Database, shared: &Shared, keys: &mut KeyGen, batch: Vec<(Op, Re
                 let answer = match transact(db, &[&op], keys) {
                     Ok(mut done) => {
                         finish_txn(shared, &done, 1);
-                        done.outs
+                        let out = done
+                            .outs
                             .pop()
-                            .unwrap_or(Err(StoreError::Internal("missing answer")))
+                            .unwrap_or(Err(StoreError::Internal("missing answer")));
+                        hand_back(op, out)
                     }
                     Err(e) => {
                         shared.counters.failed();
@@ -320,6 +328,25 @@ fn process(db: &Database, shared: &Shared, keys: &mut KeyGen, batch: Vec<(Op, Re
                 let _ = reply.send(answer);
             }
         }
+    }
+}
+
+/// Joins the deliveries a commit created leased with the event the op
+/// carried, moving it rather than cloning it or reading it back.
+fn hand_back(op: Op, out: Result<Out, StoreError>) -> Result<Out, StoreError> {
+    match (op, out) {
+        (Op::Commit(ev, _, Some(_)), Ok(Out::Committed(c, records))) => {
+            let event = Arc::new(ev.event);
+            let leased = records
+                .into_iter()
+                .map(|delivery| Leased {
+                    delivery,
+                    event: Arc::clone(&event),
+                })
+                .collect();
+            Ok(Out::Claimed(c, leased))
+        }
+        (_, out) => out,
     }
 }
 
@@ -399,6 +426,7 @@ fn apply_all(
             Err(e) => return Err(e),
         }
     }
+    t.flush_ids()?;
     Ok(outs)
 }
 
@@ -412,7 +440,9 @@ fn apply(
     fx: &mut Effects,
 ) -> Result<Out, StoreError> {
     match op {
-        Op::Commit(ev, row) => commit(t, ev, row, keys, fx).map(Out::Committed),
+        Op::Commit(ev, row, lease_ms) => {
+            commit(t, ev, row, *lease_ms, keys, fx).map(|(c, leased)| Out::Committed(c, leased))
+        }
         Op::Lease {
             now_ms,
             limit,
@@ -482,12 +512,15 @@ fn put_dedup(
     Ok(())
 }
 
+/// Creates a delivery, `Pending` and due at `due_ms`, or already `Leased`
+/// until `lease_until` (its caller runs it from memory).
 fn create_delivery(
     t: &mut WriteTables<'_>,
     event_key: &str,
     d: &NewDelivery,
     due_ms: u64,
-) -> Result<DeliveryId, StoreError> {
+    lease_until: Option<u64>,
+) -> Result<DeliveryRecord, StoreError> {
     let id = t.next_delivery_id()?;
     let rec = DeliveryRecord {
         id,
@@ -495,32 +528,42 @@ fn create_delivery(
         rule: d.rule.clone(),
         action: d.action,
         kind: d.kind.clone(),
-        state: DeliveryState::Pending,
+        state: if lease_until.is_some() {
+            DeliveryState::Leased
+        } else {
+            DeliveryState::Pending
+        },
         attempts: 0,
         due_at_ms: due_ms,
         created_ms: due_ms,
-        lease_until_ms: None,
+        lease_until_ms: lease_until,
         last_error: None,
         on_failure: d.on_failure.clone(),
     };
     t.put_delivery(&rec)?;
-    t.due.insert((due_ms, id), ())?;
+    match lease_until {
+        Some(until) => t.leased.insert((until, id), ())?,
+        None => t.due.insert((due_ms, id), ())?,
+    };
     t.event_deliveries.insert((event_key, id), ())?;
-    Ok(id)
+    Ok(rec)
 }
 
+/// Records an event and its deliveries. With `lease_ms`, the deliveries are
+/// created leased and their records returned for the caller to run.
 fn commit(
     t: &mut WriteTables<'_>,
     ev: &NewEvent,
     row: &[u8],
+    lease_ms: Option<u64>,
     keys: &mut KeyGen,
     fx: &mut Effects,
-) -> Result<Committed, StoreError> {
+) -> Result<(Committed, Vec<DeliveryRecord>), StoreError> {
     let at = ev.received_ms;
     let event_dedup = (!ev.dedup_key.is_empty()).then(|| event_dedup_key(&ev.dedup_key));
     if let Some(k) = &event_dedup {
         if let Some(original) = live_dedup(t, k, at)? {
-            return Ok(Committed::Duplicate { key: original });
+            return Ok((Committed::Duplicate { key: original }, Vec::new()));
         }
     }
 
@@ -553,6 +596,7 @@ fn commit(
     }
 
     let mut ids = Vec::with_capacity(ev.deliveries.len());
+    let mut leased = Vec::new();
     for d in &ev.deliveries {
         let skip = d
             .dedup_key
@@ -561,15 +605,24 @@ fn commit(
         if skip {
             continue;
         }
-        ids.push(create_delivery(t, &key, d, at)?);
+        let rec = create_delivery(t, &key, d, at, lease_ms.map(|l| at.saturating_add(l)))?;
+        ids.push(rec.id);
+        if lease_ms.is_some() {
+            leased.push(rec);
+        }
     }
-    if !ids.is_empty() {
+    // Leased deliveries are the caller's to run; only queued ones need the
+    // dispatcher to look.
+    if !ids.is_empty() && lease_ms.is_none() {
         fx.wake = true;
     }
-    Ok(Committed::Accepted {
-        key,
-        deliveries: ids,
-    })
+    Ok((
+        Committed::Accepted {
+            key,
+            deliveries: ids,
+        },
+        leased,
+    ))
 }
 
 fn lease(
@@ -731,7 +784,7 @@ fn finish(
 
     let mut ids = Vec::with_capacity(follow_ups.len());
     for d in follow_ups {
-        ids.push(create_delivery(t, &rec.event_key, d, now)?);
+        ids.push(create_delivery(t, &rec.event_key, d, now, None)?.id);
         fx.wake = true;
     }
     Ok(ids)
@@ -749,7 +802,7 @@ fn replay(
     }
     let mut ids = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        ids.push(create_delivery(t, event_key, d, now)?);
+        ids.push(create_delivery(t, event_key, d, now, None)?.id);
         fx.dirty = true;
         fx.wake = true;
     }
