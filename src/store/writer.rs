@@ -381,9 +381,15 @@ pub(super) fn transact(
     keys: &mut KeyGen,
 ) -> Result<Transacted, StoreError> {
     let mut txn = db.begin_write()?;
-    // Leases need no fsync of their own: a restart frees every lease anyway,
-    // and the next durable commit persists them with everything else.
-    if ops.iter().all(|op| matches!(op, Op::Lease { .. })) {
+    // Leases and attempt outcomes need no fsync of their own: the next
+    // durable commit persists them with everything else, and if a crash comes
+    // first, the delivery is still leased in the file, so it is due again at
+    // the next start and runs again (at least once, never lost). Only what a
+    // sender was told (202) or an operator asked for (replay) waits for disk.
+    if ops
+        .iter()
+        .all(|op| matches!(op, Op::Lease { .. } | Op::Finish { .. }))
+    {
         let _ = txn.set_durability(redb::Durability::None);
     }
     let mut fx = Effects::default();
