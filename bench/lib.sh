@@ -238,3 +238,33 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
+
+# The open-loop load generator (bench/limit, binary hookrouter-bench-load),
+# used by bench/latency.sh and bench/memory.sh. build_all builds it with the
+# limit; copy_loadgen puts a copy into $WORK like the other binaries.
+LOADGEN="$BENCH_DIR/limit/target/release/hookrouter-bench-load"
+copy_loadgen() {
+    [[ -x $LOADGEN ]] || die "missing $LOADGEN: build bench/limit"
+    cp "$LOADGEN" "$WORK/load"
+    LOADGEN="$WORK/load"
+}
+
+# load_args URL EXPECTED RATE SECS CONNS WARMUP [more generator args]: the
+# generator's arguments for the signed push of make_payload at a fixed rate,
+# with a fresh X-GitHub-Delivery per request, into the array LOAD_ARGS.
+load_args() {
+    local url=$1 expected=$2 rate=$3 secs=$4 conns=$5 warmup=$6
+    shift 6
+    # shellcheck disable=SC2034 # read by the scripts that source this file
+    LOAD_ARGS=(--url "$url" --rate "$rate" --duration "$secs" --connections "$conns"
+        --warmup "$warmup" --expect "$expected" --body "$WORK/push.json"
+        -H 'Content-Type: application/json' -H 'User-Agent: GitHub-Hookshot/bench'
+        -H 'X-GitHub-Event: push' -H "X-Hub-Signature-256: $SIGNATURE"
+        --unique-header X-GitHub-Delivery "$@")
+}
+
+# proc_kb PID FIELD: a field of /proc/PID/status in kB (VmRSS, VmHWM, ...).
+proc_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null; }
+
+# mib KB: kB as MiB with one decimal.
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
