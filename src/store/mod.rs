@@ -482,7 +482,7 @@ impl Store {
         {
             let (k, v) = item?;
             let key = k.value();
-            let row: schema::EventRow = decode(v.value(), "event row")?;
+            let row = schema::decode_event_row(v.value())?;
             let mut counts = DeliveryCounts::default();
             for id in delivery_ids_of(&event_deliveries, key)? {
                 if let Some(rec) = load_delivery(&deliveries, id)? {
@@ -600,7 +600,7 @@ fn decode_leased(rows: Vec<writer::LeasedRow>) -> Result<Vec<Leased>, StoreError
         let event = match events.get(&delivery.event_key) {
             Some(e) => Arc::clone(e),
             None => {
-                let decoded: schema::EventRow = schema::decode(&row, "event row")?;
+                let decoded = schema::decode_event_row(&row)?;
                 let event = Arc::new(decoded.event);
                 events.insert(delivery.event_key.clone(), Arc::clone(&event));
                 event

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::schema;
 use super::writer::{self, KeyGen, Op, Out};
 use super::*;
 use crate::event::Event;
@@ -855,4 +856,41 @@ where
         out.push(h.await.expect("join"));
     }
     out
+}
+
+#[test]
+fn event_rows_round_trip_compressed_plain_and_old() {
+    let small = new_event("a", 1_000, vec![]);
+    let mut large = new_event("b", 1_000, vec![]);
+    large.event.body = json!({ "commits": vec!["the same long commit message text"; 100] });
+    for ev in [&small, &large] {
+        let row = writer::event_row(ev).expect("row");
+        let back = schema::decode_event_row(&row).expect("decode");
+        assert_eq!(back.event, ev.event);
+        assert_eq!(back.dedup_key, ev.dedup_key);
+    }
+    let plain = writer::event_row(&small).expect("row");
+    assert_eq!(plain.first(), Some(&b'{'), "a small row stays JSON");
+    let packed = writer::event_row(&large).expect("row");
+    let json_len = serde_json::to_vec(&large.event).expect("json").len();
+    assert!(
+        packed.len() * 4 < json_len,
+        "{} vs {json_len}",
+        packed.len()
+    );
+    // A row written before compression existed (plain JSON) still reads.
+    let old = serde_json::to_vec(&json!({
+        "event": large.event, "received_ms": 1_000, "dedup_key": "k", "dedup_until_ms": 2_000
+    }))
+    .expect("json");
+    assert_eq!(
+        schema::decode_event_row(&old).expect("old").event,
+        large.event
+    );
+    // Damage is an error, not a panic or a huge allocation.
+    let mut bad = packed.clone();
+    bad[1..5].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(schema::decode_event_row(&bad).is_err());
+    assert!(schema::decode_event_row(&packed[..packed.len() / 2]).is_err());
+    assert!(schema::decode_event_row(&[1]).is_err());
 }

@@ -381,15 +381,19 @@ pub(super) fn transact(
     keys: &mut KeyGen,
 ) -> Result<Transacted, StoreError> {
     let mut txn = db.begin_write()?;
-    // Leases and attempt outcomes need no fsync of their own: the next
+    // Leases and successful attempts need no fsync of their own: the next
     // durable commit persists them with everything else, and if a crash comes
     // first, the delivery is still leased in the file, so it is due again at
-    // the next start and runs again (at least once, never lost). Only what a
-    // sender was told (202) or an operator asked for (replay) waits for disk.
-    if ops
-        .iter()
-        .all(|op| matches!(op, Op::Lease { .. } | Op::Finish { .. }))
-    {
+    // the next start and runs again (at least once, never lost). A retry
+    // schedule, a death and its on_failure deliveries are kept durably: they
+    // carry the attempt count that bounds the retries.
+    if ops.iter().all(|op| match op {
+        Op::Lease { .. } => true,
+        Op::Finish {
+            next, follow_ups, ..
+        } => *next == Next::Done && follow_ups.is_empty(),
+        _ => false,
+    }) {
         let _ = txn.set_durability(redb::Durability::None);
     }
     let mut fx = Effects::default();
@@ -470,12 +474,13 @@ fn apply(
 
 /// The stored row of a new event.
 pub(super) fn event_row(ev: &NewEvent) -> Result<Vec<u8>, StoreError> {
-    Ok(serde_json::to_vec(&EventRowRef {
+    let json = serde_json::to_vec(&EventRowRef {
         event: &ev.event,
         received_ms: ev.received_ms,
         dedup_key: &ev.dedup_key,
         dedup_until_ms: ev.dedup_until_ms,
-    })?)
+    })?;
+    Ok(super::schema::encode_event_row(json))
 }
 
 /// The event row as written, borrowing the event to avoid a copy.
