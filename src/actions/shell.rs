@@ -40,8 +40,12 @@ pub async fn run(cmd: &Command, timeout: Duration, max_output: usize) -> Outcome
     if let Some(dir) = &cmd.workdir {
         p.current_dir(dir);
     }
-    let mut child = match p.spawn() {
-        Ok(c) => c,
+    // Starting a process blocks the calling thread until the child has
+    // exec'd (about a millisecond); on a blocking-pool thread that wait does
+    // not hold up a runtime worker, and several starts overlap.
+    let mut child = match tokio::task::spawn_blocking(move || p.spawn()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Outcome::fail(None, format!("cannot start {program:?}: {e}")),
         Err(e) => return Outcome::fail(None, format!("cannot start {program:?}: {e}")),
     };
     let pgid = child.id();
