@@ -61,31 +61,39 @@ pub struct Dispatcher {
 /// committed, so they can be committed already leased and run straight from
 /// memory ([`Store::commit_leased`]) instead of being queued and leased back.
 ///
-/// Dropping a claim that was not started gives its slots back.
+/// Dropped, a claim hands its committed deliveries (see [`Claim::committed`])
+/// to the workers, so they never wait for the lease to run out, and gives
+/// back the slots it does not use.
 pub struct Claim {
     dispatcher: Arc<Dispatcher>,
     slots: usize,
+    leased: Vec<Leased>,
 }
 
 impl Claim {
     /// How long claimed deliveries are leased for.
     pub const LEASE_MS: u64 = LEASE_MS;
 
-    /// Runs the committed deliveries (at most the reserved number; a rule-level
-    /// duplicate may have left fewer) and frees the unused slots.
-    pub fn start(mut self, leased: Vec<Leased>) {
-        let unused = self.slots.saturating_sub(leased.len());
-        self.slots = 0;
-        self.dispatcher.release(unused);
-        for l in leased {
-            Arc::clone(&self.dispatcher).dispatch(l);
-        }
+    /// Records what the commit created: at most the reserved number (a
+    /// rule-level duplicate may have left fewer; a duplicate event, none).
+    pub fn committed(&mut self, leased: Vec<Leased>) {
+        self.leased = leased;
+    }
+
+    /// Runs the committed deliveries now (dropping the claim does the same).
+    pub fn start(self) {
+        drop(self);
     }
 }
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        self.dispatcher.release(self.slots);
+        let leased = std::mem::take(&mut self.leased);
+        self.dispatcher
+            .release(self.slots.saturating_sub(leased.len()));
+        for l in leased {
+            Arc::clone(&self.dispatcher).dispatch(l);
+        }
     }
 }
 
@@ -142,9 +150,7 @@ impl Dispatcher {
             return None;
         }
         let laned = deliveries.iter().any(|d| {
-            set.rule(&d.rule)
-                .and_then(|r| action_of(r, d.action, d.on_failure.is_some()))
-                .is_none_or(|a| a.concurrency.is_some())
+            lane_of(set, &d.rule, d.action, d.on_failure.is_some()).is_none_or(|n| n.is_some())
         });
         if laned {
             return None;
@@ -163,6 +169,7 @@ impl Dispatcher {
         Some(Claim {
             dispatcher: Arc::clone(self),
             slots: n,
+            leased: Vec::new(),
         })
     }
 
@@ -245,11 +252,7 @@ impl Dispatcher {
         let set = self.rules.load_full();
         let d = &leased.delivery;
         let on_failure = d.on_failure.is_some();
-        let concurrency = set
-            .rule(&d.rule)
-            .and_then(|r| action_of(r, d.action, on_failure))
-            .and_then(|a| a.concurrency);
-        match concurrency {
+        match lane_of(&set, &d.rule, d.action, on_failure).flatten() {
             Some(n) => {
                 let key = (d.rule.clone(), d.action, on_failure, n);
                 let sender = self.lane(key, n);
@@ -387,8 +390,7 @@ impl Dispatcher {
             // The lease stays; the delivery runs again after a restart.
             tracing::error!(event_id = %event_id, delivery = d.id, error = %e, "Recording the attempt failed.");
         }
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.slot_freed.notify_one();
+        self.release(1);
     }
 
     async fn attempt(
@@ -432,6 +434,14 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The `concurrency:` of a delivery's action: `None` if the rule or action
+/// is gone, `Some(None)` if it runs under the global limit only.
+fn lane_of(set: &RuleSet, rule: &str, action: u32, on_failure: bool) -> Option<Option<u32>> {
+    set.rule(rule)
+        .and_then(|r| action_of(r, action, on_failure))
+        .map(|a| a.concurrency)
 }
 
 fn action_of(rule: &Rule, index: u32, on_failure: bool) -> Option<&Action> {

@@ -27,8 +27,8 @@ pub struct RawRequest<'a> {
 }
 
 impl<'a> RawRequest<'a> {
-    /// The first value of a header as UTF-8, if present and valid. (The
-    /// server answers 400 to a verified request with a header that is not
+    /// The first value of a header as UTF-8, if present and valid.
+    /// (Admission refuses a verified request with a header that is not
     /// UTF-8, so past verification, `None` means absent.)
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers

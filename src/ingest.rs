@@ -14,7 +14,7 @@ use crate::dispatch::{Claim, Dispatcher};
 use crate::event::Event;
 use crate::providers::Verified;
 use crate::rules::RuleSet;
-use crate::store::{Committed, Leased, NewDelivery, NewEvent, Store, StoreError};
+use crate::store::{Committed, NewDelivery, NewEvent, Store, StoreError};
 
 /// What became of an accepted event.
 pub enum Outcome {
@@ -26,7 +26,7 @@ pub enum Outcome {
         deliveries: usize,
         /// Deliveries committed leased to this process, to hand to the
         /// workers once the event is acknowledged (dropping it does too).
-        run: Option<Started>,
+        run: Option<Claim>,
     },
     Duplicate {
         id: String,
@@ -94,32 +94,6 @@ pub fn plan(
     (deliveries, matched)
 }
 
-/// Deliveries committed leased, and the worker slots reserved for them.
-pub struct Started {
-    claim: Option<Claim>,
-    leased: Vec<Leased>,
-}
-
-impl Started {
-    /// Hands the deliveries to the workers.
-    pub fn start(mut self) {
-        self.go();
-    }
-
-    fn go(&mut self) {
-        if let Some(claim) = self.claim.take() {
-            claim.start(std::mem::take(&mut self.leased));
-        }
-    }
-}
-
-impl Drop for Started {
-    fn drop(&mut self) {
-        // Leased deliveries must not wait for the lease to run out.
-        self.go();
-    }
-}
-
 /// Route and durably record a verified event. Returns only after the commit
 /// is fsync'd, so an `Accepted` answer may be acknowledged with 2xx.
 ///
@@ -152,13 +126,10 @@ pub async fn ingest(
         event,
     };
     let (committed, run) = match claim {
-        Some(claim) => {
+        Some(mut claim) => {
             let (c, leased) = store.commit_leased(new, Claim::LEASE_MS).await?;
-            let run = Started {
-                claim: Some(claim),
-                leased,
-            };
-            (c, Some(run))
+            claim.committed(leased);
+            (c, Some(claim))
         }
         None => (store.commit(new).await?, None),
     };

@@ -82,14 +82,6 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Resp {
     resp
 }
 
-/// The first header whose value is not UTF-8 text.
-fn undecodable_header(headers: &http::HeaderMap) -> Option<&str> {
-    headers
-        .iter()
-        .find(|(_, v)| std::str::from_utf8(v.as_bytes()).is_err())
-        .map(|(k, _)| k.as_str())
-}
-
 fn error(status: StatusCode, message: &str) -> Resp {
     reply(status, serde_json::json!({ "error": message }))
 }
@@ -271,22 +263,15 @@ async fn respond(
                 "send application/json or application/x-www-form-urlencoded",
             );
         }
+        Err(e @ AdmitError::Header(_)) => {
+            tracing::info!(source = %source.name, error = %e, "Header value is not UTF-8.");
+            return error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
         Err(AdmitError::Body(BodyError::Malformed(why))) => {
             tracing::info!(source = %source.name, error = %why, "Malformed body.");
             return error(StatusCode::BAD_REQUEST, "malformed body");
         }
     };
-    // Checked after the signature (a garbled signature header is a bad
-    // signature, 401) and before anything is stored: an unsigned header such
-    // as the delivery id or the event type must not be read as absent and
-    // quietly replaced by a fallback.
-    if let Some(name) = undecodable_header(&parts.headers) {
-        tracing::info!(source = %source.name, header = %name, "Header value is not UTF-8.");
-        return error(
-            StatusCode::BAD_REQUEST,
-            &format!("header {name} is not valid UTF-8"),
-        );
-    }
     let event_id = event.id.clone();
     let stored = ingest::ingest(
         set,

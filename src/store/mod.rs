@@ -225,9 +225,8 @@ impl Store {
     ) -> Result<(Committed, Vec<Leased>), StoreError> {
         let row = writer::event_row(&ev)?;
         match self.call(Op::Commit(ev, row, Some(lease_ms))).await? {
+            // A duplicate comes back joined too, with no deliveries.
             Out::Claimed(c, leased) => Ok((c, leased)),
-            // A duplicate carries no deliveries and is not joined.
-            Out::Committed(c, _) => Ok((c, Vec::new())),
             _ => Err(StoreError::Internal("unexpected answer to commit")),
         }
     }
