@@ -82,24 +82,6 @@ wait_port "$REJECT_PORT"
 wait_port "$LIMIT_PORT"
 
 # hookrouter gets a fresh data file per measurement.
-HR_PID=
-start_hookrouter() {
-    local level=$1 tag=$2 rules=${3:-$BENCH_DIR/rules/github-bench.yaml}
-    rm -f "$WORK/hr.redb"
-    start_bg "$WORK/hookrouter-$tag.log" "$HOOKROUTER" --rules "$rules" \
-        --listen "127.0.0.1:$HR_PORT" --data "$WORK/hr.redb" --log-level "$level"
-    HR_PID=$LAST_PID
-    wait_port "$HR_PORT"
-}
-stop_hookrouter() { stop_pid "$HR_PID"; HR_PID=; }
-
-# Each system must answer what it answers on its success path, once, first.
-expect_status() {
-    local name=$1 url=$2 want=$3 got
-    got=$(curl_status "$url" "check-$name-$RANDOM$RANDOM")
-    [[ $got == "$want" ]] || die "$name answered $got, expected $want: $(cat "$WORK/curl.body")"
-    log "check: $name answers $got $(head -c 80 "$WORK/curl.body")"
-}
 start_hookrouter warn check
 expect_status hookrouter "$HR_URL" 202
 stop_hookrouter

@@ -65,24 +65,6 @@ LIMIT_PID=$LAST_PID
 wait_port "$REJECT_PORT"
 wait_port "$LIMIT_PORT"
 
-# hookrouter gets a fresh data file per measurement.
-HR_PID=
-start_hookrouter() {
-    local level=$1
-    rm -f "$WORK/hr.redb"
-    start_bg "$WORK/hookrouter-$level.log" "$HOOKROUTER" --rules "$RULES" \
-        --listen "127.0.0.1:$HR_PORT" --data "$WORK/hr.redb" --log-level "$level"
-    HR_PID=$LAST_PID
-    wait_port "$HR_PORT"
-}
-stop_hookrouter() { stop_pid "$HR_PID"; HR_PID=; }
-
-expect_status() {
-    local name=$1 url=$2 want=$3 got
-    got=$(curl_status "$url" "check-$name-$RANDOM$RANDOM")
-    [[ $got == "$want" ]] || die "$name answered $got, expected $want: $(cat "$WORK/curl.body")"
-    log "check: $name answers $got $(head -c 80 "$WORK/curl.body")"
-}
 expect_status peer-reject "$REJECT_URL" 200
 grep -q 'Hook rules were not satisfied' "$WORK/curl.body" || die "peer-reject did not take its reject path"
 expect_status limit "$LIMIT_URL" 202
@@ -104,7 +86,7 @@ measure() {
 
 log "open loop: $RATE req/s, ${SECS}s after ${WARMUP}s warm-up, $CONNS connections"
 for level in $LEVELS; do
-    start_hookrouter "$level"
+    start_hookrouter "$level" "$level" "$RULES"
     expect_status "hookrouter-$level" "$HR_URL" 202
     measure "hookrouter-$level" "$HR_URL" 202 "$HR_PID"
     stop_hookrouter

@@ -268,3 +268,25 @@ proc_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null;
 
 # mib KB: kB as MiB with one decimal.
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# start_hookrouter LEVEL TAG [RULES]: hookrouter on $HR_PORT with a fresh
+# data file in $WORK, log in $WORK/hookrouter-TAG.log; its pid in HR_PID.
+HR_PID=
+start_hookrouter() {
+    local level=$1 tag=$2 rules=${3:-$BENCH_DIR/rules/github-bench.yaml}
+    rm -f "$WORK/hr.redb"
+    start_bg "$WORK/hookrouter-$tag.log" "$HOOKROUTER" --rules "$rules" \
+        --listen "127.0.0.1:$HR_PORT" --data "$WORK/hr.redb" --log-level "$level"
+    HR_PID=$LAST_PID
+    wait_port "$HR_PORT"
+}
+stop_hookrouter() { stop_pid "$HR_PID"; HR_PID=; }
+
+# expect_status NAME URL STATUS: each system must answer what it answers on
+# its success path, once, before it is measured.
+expect_status() {
+    local name=$1 url=$2 want=$3 got
+    got=$(curl_status "$url" "check-$name-$RANDOM$RANDOM")
+    [[ $got == "$want" ]] || die "$name answered $got, expected $want: $(cat "$WORK/curl.body")"
+    log "check: $name answers $got $(head -c 80 "$WORK/curl.body")"
+}

@@ -154,7 +154,7 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     let ingress = Arc::new(Ingress {
         rules: rules.clone(),
         store: store.clone(),
-        dispatcher: Some(dispatcher),
+        dispatcher,
         limits: Limits {
             max_body: args.max_body,
             header_timeout: args.header_timeout,

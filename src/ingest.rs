@@ -107,7 +107,7 @@ pub fn plan(
 pub async fn ingest(
     set: &RuleSet,
     store: &Store,
-    dispatcher: Option<&Arc<Dispatcher>>,
+    dispatcher: &Arc<Dispatcher>,
     event: Verified<Event>,
     dedup_window: Duration,
 ) -> Result<Outcome, StoreError> {
@@ -117,7 +117,7 @@ pub async fn ingest(
     let window = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
     let id = event.id.clone();
     let n = deliveries.len();
-    let claim = dispatcher.and_then(|d| d.claim(set, &deliveries));
+    let claim = dispatcher.claim(set, &deliveries);
     let new = NewEvent {
         dedup_key: dedup_key(&event),
         dedup_until_ms: now.saturating_add(window),

@@ -65,7 +65,7 @@ pub struct Ingress {
     pub rules: Arc<ArcSwap<RuleSet>>,
     pub store: Store,
     /// Runs the deliveries of accepted events straight away when it has room.
-    pub dispatcher: Option<Arc<Dispatcher>>,
+    pub dispatcher: Arc<Dispatcher>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
 }
@@ -276,7 +276,7 @@ async fn respond(
     let stored = ingest::ingest(
         set,
         &ingress.store,
-        ingress.dispatcher.as_ref(),
+        &ingress.dispatcher,
         event,
         ingress.limits.dedup_window,
     )
