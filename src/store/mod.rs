@@ -36,7 +36,7 @@ pub use types::{
 };
 
 use schema::{
-    ATTEMPTS, DEAD, DELIVERIES, DONE, DUE, EVENT_DELIVERIES, EVENTS, LEASED, attempts_of, decode,
+    ATTEMPTS, DEAD, DELIVERIES, DUE, EVENT_DELIVERIES, EVENTS, LEASED, attempts_of, decode,
     delivery_ids_of, load_delivery,
 };
 use writer::{Cmd, Op, Out, PruneChunk, Shared};
@@ -354,7 +354,7 @@ impl Store {
                 Some(c) => after = Some(c),
                 None => events_done = true,
             }
-            if events_done && !out.dedup_more {
+            if events_done {
                 return Ok(total);
             }
         }
@@ -441,14 +441,12 @@ impl Store {
         let mut out = Vec::new();
         for id in delivery_ids_of(&event_deliveries, key)? {
             if let Some(record) = load_delivery(&deliveries, id)? {
-                let attempts = attempts_of(&attempts, id)?
+                let mut history: Vec<_> = attempts_of(&attempts, id)?
                     .into_iter()
                     .map(|(_, a)| a)
                     .collect();
-                out.push(DeliveryDetail {
-                    record,
-                    history: attempts,
-                });
+                history.extend(record.success.clone());
+                out.push(DeliveryDetail { record, history });
             }
         }
         Ok(Some(EventDetail {
@@ -542,13 +540,24 @@ impl Store {
                     ids.push(k.value().1);
                 }
             }
-            Some(DeliveryState::Done | DeliveryState::Dead) => {
-                let def = if state == Some(DeliveryState::Done) {
-                    DONE
-                } else {
-                    DEAD
-                };
-                let index = txn.open_table(def)?;
+            Some(DeliveryState::Done) => {
+                // No index: nearly every delivery ends done, so the newest
+                // rows are a short walk.
+                let mut out = Vec::new();
+                for item in deliveries.iter()?.rev() {
+                    if out.len() == limit {
+                        break;
+                    }
+                    let (_, v) = item?;
+                    let rec: DeliveryRecord = decode(v.value(), "delivery row")?;
+                    if rec.state == DeliveryState::Done {
+                        out.push(rec);
+                    }
+                }
+                return Ok(out);
+            }
+            Some(DeliveryState::Dead) => {
+                let index = txn.open_table(DEAD)?;
                 for item in index.iter()?.rev().take(limit) {
                     let (k, _) = item?;
                     ids.push(k.value());
@@ -567,11 +576,16 @@ impl Store {
     /// Deliveries per state in the whole store; O(1). Blocking.
     pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
         let txn = self.inner.db.begin_read()?;
+        let pending = txn.open_table(DUE)?.len()?;
+        let leased = txn.open_table(LEASED)?.len()?;
+        let dead = txn.open_table(DEAD)?.len()?;
+        // `Done` has no index of its own: it is every other delivery.
+        let all = txn.open_table(DELIVERIES)?.len()?;
         Ok(QueueDepth {
-            pending: txn.open_table(DUE)?.len()?,
-            leased: txn.open_table(LEASED)?.len()?,
-            done: txn.open_table(DONE)?.len()?,
-            dead: txn.open_table(DEAD)?.len()?,
+            pending,
+            leased,
+            done: all.saturating_sub(pending + leased + dead),
+            dead,
         })
     }
 

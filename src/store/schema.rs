@@ -11,17 +11,24 @@
 //! | `events`           | event key (ULID text)  | [`EventRow`], see [`encode_event_row`] | the envelope; ULID order = arrival order |
 //! | `event_deliveries` | (event key, id)        | ()                   | deliveries of an event, for detail, replay, prune |
 //! | `dedup`            | namespaced dedup key   | (event key, expires) | event- and rule-level dedup |
-//! | `dedup_expiry`     | (expires ms, dedup key)| ()                   | prune expired dedup keys by range scan |
+//! | `rule_dedup`       | (event key, dedup key) | ()                   | the rule-level keys an event recorded, for prune |
 //! | `deliveries`       | id                     | JSON `DeliveryRecord`| the delivery rows |
 //! | `due`              | (due ms, id)           | ()                   | exactly the `Pending` deliveries |
 //! | `leased`           | (lease until ms, id)   | ()                   | exactly the `Leased` deliveries |
-//! | `done`             | id                     | ()                   | exactly the `Done` deliveries |
 //! | `dead`             | id                     | ()                   | exactly the `Dead` deliveries |
-//! | `attempts`         | (id, attempt number)   | JSON `Attempt`       | attempt history, numbered from 1 |
-//! | `meta`             | name                   | u64                  | `next_delivery_id`, `schema_version` |
+//! | `attempts`         | (id, attempt number)   | JSON `Attempt`       | attempts that did not end a delivery as done |
+//! | `meta`             | name                   | u64                  | `next_delivery_id` floor, `schema_version` |
 //!
-//! One index table per state keeps `queue_depth` O(1) (`len()` is stored by
-//! redb) and makes leasing a range scan of `due` and `leased`.
+//! Every table a commit touches costs it a root-to-leaf path of pages to
+//! write and fsync, so the common path (an event, one delivery run at once,
+//! its success) touches as few as it can: `Done` deliveries have no index
+//! table (their count is what the other states leave of `deliveries`), the
+//! attempt that succeeds is kept in the delivery row, the next delivery id
+//! follows from the last row rather than a counter, and dedup entries leave
+//! with their event at prune instead of through an expiry index. The other
+//! states keep an index table each, which keeps `queue_depth` O(1) (redb
+//! stores every table's length) and makes leasing a range scan of `due` and
+//! `leased`.
 
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -34,22 +41,30 @@ pub(super) const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("ev
 pub(super) const EVENT_DELIVERIES: TableDefinition<(&str, u64), ()> =
     TableDefinition::new("event_deliveries");
 pub(super) const DEDUP: TableDefinition<&str, (&str, u64)> = TableDefinition::new("dedup");
-pub(super) const DEDUP_EXPIRY: TableDefinition<(u64, &str), ()> =
-    TableDefinition::new("dedup_expiry");
+pub(super) const RULE_DEDUP: TableDefinition<(&str, &str), ()> = TableDefinition::new("rule_dedup");
 pub(super) const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new("deliveries");
 pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
 pub(super) const LEASED: TableDefinition<(u64, u64), ()> = TableDefinition::new("leased");
-pub(super) const DONE: TableDefinition<u64, ()> = TableDefinition::new("done");
 pub(super) const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
 pub(super) const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// `meta` key of the next delivery id to hand out.
+/// `meta` key of the lowest delivery id that may still be handed out. Ids
+/// follow the last row of `deliveries`; this floor, raised by prune before it
+/// removes rows, keeps the ids of pruned deliveries from coming back.
 pub(super) const META_NEXT_ID: &str = "next_delivery_id";
 /// `meta` key of the layout version; bumped when rows or tables change shape
 /// so an older binary refuses a newer file instead of misreading it.
 pub(super) const META_SCHEMA: &str = "schema_version";
-pub(super) const SCHEMA_VERSION: u64 = 1;
+pub(super) const SCHEMA_VERSION: u64 = 2;
+
+/// Tables of layout version 1 that version 2 replaced; `writer::prepare`
+/// migrates them.
+pub(super) mod v1 {
+    use redb::TableDefinition;
+    pub const DONE: TableDefinition<u64, ()> = TableDefinition::new("done");
+    pub const DEDUP_EXPIRY: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedup_expiry");
+}
 
 /// The stored form of an event.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,18 +93,17 @@ pub(super) struct WriteTables<'t> {
     pub events: redb::Table<'t, &'static str, &'static [u8]>,
     pub event_deliveries: redb::Table<'t, (&'static str, u64), ()>,
     pub dedup: redb::Table<'t, &'static str, (&'static str, u64)>,
-    pub dedup_expiry: redb::Table<'t, (u64, &'static str), ()>,
+    pub rule_dedup: redb::Table<'t, (&'static str, &'static str), ()>,
     pub deliveries: redb::Table<'t, u64, &'static [u8]>,
     pub due: redb::Table<'t, (u64, u64), ()>,
     pub leased: redb::Table<'t, (u64, u64), ()>,
-    pub done: redb::Table<'t, u64, ()>,
     pub dead: redb::Table<'t, u64, ()>,
     pub attempts: redb::Table<'t, (u64, u32), &'static [u8]>,
     pub meta: redb::Table<'t, &'static str, u64>,
-    /// The next delivery id, read from `meta` on first use and written back
-    /// once by [`WriteTables::flush_ids`], not once per delivery.
+    /// The next delivery id, worked out on first use in the transaction.
     next_id: Option<u64>,
-    ids_dirty: bool,
+    /// The id floor in `meta` was raised in this transaction.
+    floor_raised: bool,
 }
 
 impl<'t> WriteTables<'t> {
@@ -99,16 +113,15 @@ impl<'t> WriteTables<'t> {
             events: txn.open_table(EVENTS)?,
             event_deliveries: txn.open_table(EVENT_DELIVERIES)?,
             dedup: txn.open_table(DEDUP)?,
-            dedup_expiry: txn.open_table(DEDUP_EXPIRY)?,
+            rule_dedup: txn.open_table(RULE_DEDUP)?,
             deliveries: txn.open_table(DELIVERIES)?,
             due: txn.open_table(DUE)?,
             leased: txn.open_table(LEASED)?,
-            done: txn.open_table(DONE)?,
             dead: txn.open_table(DEAD)?,
             attempts: txn.open_table(ATTEMPTS)?,
             meta: txn.open_table(META)?,
             next_id: None,
-            ids_dirty: false,
+            floor_raised: false,
         })
     }
 
@@ -118,25 +131,37 @@ impl<'t> WriteTables<'t> {
         Ok(())
     }
 
-    /// Hands out the next delivery id. The counter lives in the same
-    /// transaction, so an aborted batch does not burn ids and a committed one
-    /// never reuses them.
+    /// Hands out the next delivery id: one past the last row, and never below
+    /// the floor. Nothing extra is written, so creating deliveries touches
+    /// no table but `deliveries` and its index.
     pub fn next_delivery_id(&mut self) -> Result<DeliveryId, StoreError> {
         let id = match self.next_id {
             Some(id) => id,
-            None => self.meta.get(META_NEXT_ID)?.map(|g| g.value()).unwrap_or(1),
+            None => {
+                let after_last = self.deliveries.last()?.map_or(1, |(k, _)| k.value() + 1);
+                let floor = self.meta.get(META_NEXT_ID)?.map_or(1, |g| g.value());
+                after_last.max(floor)
+            }
         };
         self.next_id = Some(id + 1);
-        self.ids_dirty = true;
         Ok(id)
     }
 
-    /// Writes the id counter back; must run before the transaction commits.
-    pub fn flush_ids(&mut self) -> Result<(), StoreError> {
-        if let (true, Some(next)) = (self.ids_dirty, self.next_id) {
-            self.meta.insert(META_NEXT_ID, next)?;
-            self.ids_dirty = false;
+    /// Raises the id floor past the last delivery; prune calls it before it
+    /// removes rows, so a pruned id is never handed out again.
+    pub fn raise_id_floor(&mut self) -> Result<(), StoreError> {
+        if self.floor_raised {
+            return Ok(());
         }
+        let after_last = match self.next_id {
+            Some(id) => id,
+            None => self.deliveries.last()?.map_or(1, |(k, _)| k.value() + 1),
+        };
+        let floor = self.meta.get(META_NEXT_ID)?.map_or(1, |g| g.value());
+        if after_last > floor {
+            self.meta.insert(META_NEXT_ID, after_last)?;
+        }
+        self.floor_raised = true;
         Ok(())
     }
 }

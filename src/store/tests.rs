@@ -557,7 +557,8 @@ async fn prune_removes_old_finished_events_only() {
     assert_eq!(stats.events, 1);
     assert_eq!(stats.deliveries, 1);
     assert_eq!(stats.attempts, 1);
-    assert_eq!(stats.dedup_keys, 2);
+    // The kept event keeps its (expired, harmless) dedup entry until it goes.
+    assert_eq!(stats.dedup_keys, 1);
     assert!(store.get_event(&old_done).expect("get").is_none());
     assert!(store.get_event(&old_pending).expect("get").is_some());
     assert!(store.get_event(&recent_key).expect("get").is_some());
@@ -893,4 +894,153 @@ fn event_rows_round_trip_compressed_plain_and_old() {
     assert!(schema::decode_event_row(&bad).is_err());
     assert!(schema::decode_event_row(&packed[..packed.len() / 2]).is_err());
     assert!(schema::decode_event_row(&[1]).is_err());
+}
+
+/// Leases everything due at `now` and finishes each with `outcome`.
+async fn run_all(store: &Store, now: u64, outcome: &str, next: Next) -> Vec<DeliveryId> {
+    let leased = store.lease_due(now, 100, LEASE).await.expect("lease");
+    let mut ids = Vec::new();
+    for l in leased {
+        let id = l.delivery.id;
+        store
+            .finish(id, attempt(now + 10, outcome, None), next)
+            .await
+            .expect("finish");
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn a_success_is_kept_in_the_row_and_counted_done() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    run_all(&store, 1_000, "retry", Next::RetryAt(2_000)).await;
+    run_all(&store, 2_000, "ok", Next::Done).await;
+
+    let detail = store.get_event(&key).expect("get").expect("present");
+    let d = &detail.deliveries[0];
+    assert_eq!(d.record.attempts, 2);
+    let outcomes: Vec<&str> = d.history.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["retry", "ok"]);
+    assert_eq!(d.record.success.as_ref().map(|a| a.at_ms), Some(2_010));
+
+    assert_eq!(depth(&store).done, 1);
+    let done = store
+        .list_deliveries(Some(DeliveryState::Done), 10)
+        .expect("list");
+    assert_eq!(done.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
+    assert!(
+        store
+            .list_deliveries(Some(DeliveryState::Dead), 10)
+            .expect("list")
+            .is_empty()
+    );
+
+    // The count survives a restart and goes down with prune.
+    store.close().await.expect("close");
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(depth(&store).done, 1);
+    let stats = store.prune(1_000 + WINDOW, 0).await.expect("prune");
+    assert_eq!((stats.events, stats.deliveries, stats.attempts), (1, 1, 2));
+    assert_eq!(depth(&store).done, 0);
+
+    // With every row pruned, ids still do not come back, across a restart too.
+    store.close().await.expect("close");
+    drop(store);
+    let store = open(dir.path());
+    let (_, next) = accept(&store, new_event("b", 20_000, vec![delivery("r", 0)])).await;
+    assert!(next[0] > ids[0], "{next:?} after {ids:?}");
+}
+
+#[tokio::test]
+async fn prune_takes_rule_level_keys_with_their_event() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    accept(
+        &store,
+        new_event("a", 1_000, vec![deduped("r", 0, "pr-1"), delivery("s", 0)]),
+    )
+    .await;
+    run_all(&store, 1_000, "ok", Next::Done).await;
+
+    // While the dedup window is open the event stays, whatever its age.
+    let stats = store.prune(1_000 + WINDOW - 1, 0).await.expect("prune");
+    assert_eq!(stats.events, 0);
+
+    let stats = store.prune(1_000 + WINDOW, 0).await.expect("prune");
+    assert_eq!((stats.events, stats.dedup_keys), (1, 2));
+    let txn = store.inner.db.begin_read().expect("read");
+    let left = txn
+        .open_table(schema::DEDUP)
+        .expect("dedup")
+        .len()
+        .expect("len")
+        + txn
+            .open_table(schema::RULE_DEDUP)
+            .expect("rule_dedup")
+            .len()
+            .expect("len");
+    assert_eq!(left, 0);
+}
+
+#[tokio::test]
+async fn a_layout_1_file_is_migrated() {
+    let dir = tempdir();
+    let path = dir.path().join("store.redb");
+    let store = open(dir.path());
+    let (key, _) = accept(
+        &store,
+        new_event("a", 1_000, vec![deduped("r", 0, "pr-1"), delivery("s", 0)]),
+    )
+    .await;
+    let done = run_all(&store, 1_000, "ok", Next::Done).await;
+    store.close().await.expect("close");
+    drop(store);
+
+    // Rewrite the file into layout 1: a `done` index, a dedup expiry index,
+    // no `rule_dedup`.
+    {
+        let db = redb::Database::open(&path).expect("open raw");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut meta = txn.open_table(schema::META).expect("meta");
+            meta.insert(schema::META_SCHEMA, 1).expect("schema");
+            let mut index = txn.open_table(schema::v1::DONE).expect("done");
+            for id in &done {
+                index.insert(*id, ()).expect("insert");
+            }
+            let dedup = txn.open_table(schema::DEDUP).expect("dedup");
+            let mut expiry = txn.open_table(schema::v1::DEDUP_EXPIRY).expect("expiry");
+            for item in dedup.iter().expect("iter") {
+                let (k, v) = item.expect("item");
+                expiry.insert((v.value().1, k.value()), ()).expect("insert");
+            }
+        }
+        txn.delete_table(schema::RULE_DEDUP).expect("drop");
+        txn.commit().expect("commit");
+    }
+
+    let store = open(dir.path());
+    assert_eq!(depth(&store).done, 2);
+    let dup = store
+        .commit(new_event("a", 2_000, vec![]))
+        .await
+        .expect("commit");
+    assert_eq!(dup, Committed::Duplicate { key });
+    let stats = store.prune(1_000 + WINDOW, 0).await.expect("prune");
+    assert_eq!((stats.events, stats.dedup_keys), (1, 2));
+    assert_eq!(depth(&store).done, 0);
+    let txn = store.inner.db.begin_read().expect("read");
+    let tables: Vec<String> = txn
+        .list_tables()
+        .expect("tables")
+        .map(|t| redb::TableHandle::name(&t).to_owned())
+        .collect();
+    assert!(
+        !tables.iter().any(|t| t == "done" || t == "dedup_expiry"),
+        "{tables:?}"
+    );
 }

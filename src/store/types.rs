@@ -178,6 +178,11 @@ pub struct DeliveryRecord {
     /// Detail of the most recent failed attempt (kept after a later success).
     pub last_error: Option<String>,
     pub on_failure: Option<FailureContext>,
+    /// The attempt that made the delivery `Done`. It lives in the row rather
+    /// than the `attempts` table so a first-time success writes one table
+    /// less; the history lists it last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<Attempt>,
 }
 
 /// A delivery handed to a worker, with the event it is for.

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::StoreError;
 use super::schema::{
     META_SCHEMA, SCHEMA_VERSION, WriteTables, delivery_ids_of, event_dedup_key, load_delivery,
-    rule_dedup_key,
+    load_event, rule_dedup_key, v1,
 };
 use super::types::{
     Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
@@ -46,8 +46,6 @@ pub(super) const MAX_BATCH: usize = 512;
 
 /// Events examined per prune chunk.
 pub(super) const PRUNE_EVENTS_PER_CHUNK: usize = 256;
-/// Expired dedup keys removed per prune chunk.
-pub(super) const PRUNE_DEDUP_PER_CHUNK: usize = 1024;
 
 /// A write request.
 pub(super) enum Op {
@@ -89,8 +87,6 @@ pub(super) struct PruneOut {
     pub stats: PruneStats,
     /// Where the next chunk resumes the event scan; `None` when it is done.
     pub cursor: Option<String>,
-    /// More expired dedup keys may remain.
-    pub dedup_more: bool,
 }
 
 /// The answer to an [`Op`].
@@ -211,20 +207,24 @@ impl KeyGen {
 /// Returns the number of pending deliveries.
 pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
     let txn = db.begin_write()?;
+    let found = {
+        let meta = txn.open_table(super::schema::META)?;
+        meta.get(META_SCHEMA)?.map(|g| g.value())
+    };
+    match found {
+        None | Some(SCHEMA_VERSION) => {}
+        Some(1) => migrate_v1(&txn)?,
+        Some(v) => {
+            return Err(StoreError::Schema {
+                found: v,
+                supported: SCHEMA_VERSION,
+            });
+        }
+    }
     let pending = {
         let mut t = WriteTables::open(&txn)?;
-        let found = t.meta.get(META_SCHEMA)?.map(|g| g.value());
-        match found {
-            None => {
-                t.meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
-            }
-            Some(v) if v == SCHEMA_VERSION => {}
-            Some(v) => {
-                return Err(StoreError::Schema {
-                    found: v,
-                    supported: SCHEMA_VERSION,
-                });
-            }
+        if found != Some(SCHEMA_VERSION) {
+            t.meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
         }
         let mut leased = Vec::new();
         for item in t.leased.iter()? {
@@ -251,6 +251,40 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
     };
     txn.commit()?;
     Ok(pending)
+}
+
+/// Moves a layout-1 file to layout 2, in the caller's transaction: the
+/// `done` index goes (its length follows from the other states), and the expiry index of rule-level dedup
+/// keys becomes `rule_dedup` (event-level keys are found from the event row).
+fn migrate_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut rule_keys = Vec::new();
+    {
+        let expiry = txn.open_table(v1::DEDUP_EXPIRY)?;
+        let dedup = txn.open_table(super::schema::DEDUP)?;
+        for item in expiry.iter()? {
+            let (k, _) = item?;
+            let (_, dedup_key) = k.value();
+            if !dedup_key.starts_with('r') {
+                continue;
+            }
+            if let Some(g) = dedup.get(dedup_key)? {
+                rule_keys.push((g.value().0.to_owned(), dedup_key.to_owned()));
+            }
+        }
+    }
+    {
+        let mut rule_dedup = txn.open_table(super::schema::RULE_DEDUP)?;
+        for (event, dedup_key) in &rule_keys {
+            rule_dedup.insert((event.as_str(), dedup_key.as_str()), ())?;
+        }
+    }
+    txn.delete_table(v1::DONE)?;
+    txn.delete_table(v1::DEDUP_EXPIRY)?;
+    tracing::info!(
+        rule_dedup_keys = rule_keys.len(),
+        "data file moved to layout 2"
+    );
+    Ok(())
 }
 
 /// The writer thread's body. Returns when every handle is gone or after a
@@ -436,7 +470,6 @@ fn apply_all(
             Err(e) => return Err(e),
         }
     }
-    t.flush_ids()?;
     Ok(outs)
 }
 
@@ -505,21 +538,15 @@ fn live_dedup(
     }))
 }
 
-/// Records (or renews) a dedup entry, keeping the expiry index in step.
+/// Records (or renews) a dedup entry. It is removed when its event is
+/// pruned, which happens only after it expired (see [`prune_event`]).
 fn put_dedup(
     t: &mut WriteTables<'_>,
     dedup_key: &str,
     event_key: &str,
     expires: u64,
 ) -> Result<(), StoreError> {
-    let old = t
-        .dedup
-        .insert(dedup_key, (event_key, expires))?
-        .map(|g| g.value().1);
-    if let Some(old_expires) = old {
-        t.dedup_expiry.remove((old_expires, dedup_key))?;
-    }
-    t.dedup_expiry.insert((expires, dedup_key), ())?;
+    t.dedup.insert(dedup_key, (event_key, expires))?;
     Ok(())
 }
 
@@ -548,6 +575,7 @@ fn create_delivery(
         due_at_ms: due_ms,
         created_ms: due_ms,
         lease_until_ms: lease_until,
+        success: None,
         last_error: None,
         on_failure: d.on_failure.clone(),
     };
@@ -604,6 +632,7 @@ fn commit(
     }
     for k in &fresh {
         put_dedup(t, k, &key, ev.dedup_until_ms)?;
+        t.rule_dedup.insert((key.as_str(), k.as_str()), ())?;
     }
 
     let mut ids = Vec::with_capacity(ev.deliveries.len());
@@ -742,8 +771,10 @@ fn finish(
         truncate(detail, MAX_DETAIL_BYTES);
     }
     let n = rec.attempts.saturating_add(1);
-    t.attempts
-        .insert((id, n), serde_json::to_vec(&attempt)?.as_slice())?;
+    if rec.state.is_final() || next != Next::Done {
+        t.attempts
+            .insert((id, n), serde_json::to_vec(&attempt)?.as_slice())?;
+    }
     rec.attempts = n;
     fx.dirty = true;
     if attempt.outcome != "ok" {
@@ -777,7 +808,7 @@ fn finish(
     match next {
         Next::Done => {
             rec.state = DeliveryState::Done;
-            t.done.insert(id, ())?;
+            rec.success = Some(attempt);
         }
         Next::RetryAt(at) => {
             rec.state = DeliveryState::Pending;
@@ -851,66 +882,78 @@ fn prune(
             cursor = scanned.last().cloned();
         }
         for key in &scanned {
-            if prune_event(t, key, &mut stats)? {
+            if prune_event(t, key, chunk.now_ms, &mut stats)? {
                 fx.dirty = true;
             }
         }
     }
 
-    let mut expired = Vec::new();
-    for item in t
-        .dedup_expiry
-        .range(..(chunk.now_ms.saturating_add(1), ""))?
-        .take(PRUNE_DEDUP_PER_CHUNK)
-    {
-        let (k, _) = item?;
-        let (expires, dedup_key) = k.value();
-        expired.push((expires, dedup_key.to_owned()));
-    }
-    let dedup_more = expired.len() == PRUNE_DEDUP_PER_CHUNK;
-    for (expires, dedup_key) in expired {
-        t.dedup_expiry.remove((expires, dedup_key.as_str()))?;
-        let current = t.dedup.get(dedup_key.as_str())?.map(|g| g.value().1);
-        if current == Some(expires) {
-            t.dedup.remove(dedup_key.as_str())?;
-            stats.dedup_keys += 1;
-        }
-        fx.dirty = true;
-    }
-    Ok(PruneOut {
-        stats,
-        cursor,
-        dedup_more,
-    })
+    Ok(PruneOut { stats, cursor })
 }
 
-/// Removes one event with its deliveries and attempts, if every delivery is
-/// final; says whether it did. Events with work left are kept whatever their
-/// age.
+/// Removes one event with its deliveries, attempts and dedup entries, if
+/// every delivery is final and its dedup window has closed; says whether it
+/// did. Events with work left are kept whatever their age, and so are events
+/// still guarding against duplicates (the server keeps retention at least as
+/// long as the dedup window, so for it this is no extra wait).
 fn prune_event(
     t: &mut WriteTables<'_>,
     key: &str,
+    now_ms: u64,
     stats: &mut PruneStats,
 ) -> Result<bool, StoreError> {
+    let Some(row) = load_event(&t.events, key)? else {
+        return Ok(false);
+    };
+    if row.dedup_until_ms > now_ms {
+        return Ok(false);
+    }
     let ids = delivery_ids_of(&t.event_deliveries, key)?;
+    let mut records = Vec::with_capacity(ids.len());
     for &id in &ids {
-        let unfinished = load_delivery(&t.deliveries, id)?.is_some_and(|rec| !rec.state.is_final());
-        if unfinished {
-            return Ok(false);
+        match load_delivery(&t.deliveries, id)? {
+            Some(rec) if !rec.state.is_final() => return Ok(false),
+            rec => records.push((id, rec)),
         }
     }
-    for id in ids {
+    t.raise_id_floor()?;
+    for (id, rec) in records {
         let mut removed = 0u64;
         t.attempts.retain_in((id, 0u32)..=(id, u32::MAX), |_, _| {
             removed += 1;
             false
         })?;
         stats.attempts += removed;
-        t.done.remove(id)?;
+        if let Some(rec) = rec {
+            stats.attempts += u64::from(rec.success.is_some());
+        }
         t.dead.remove(id)?;
         t.deliveries.remove(id)?;
         t.event_deliveries.remove((key, id))?;
         stats.deliveries += 1;
+    }
+
+    // Dedup entries go with their event, unless a later event took the key
+    // over (it may, once this one's entry expired).
+    let mut dedup_keys = Vec::new();
+    if !row.dedup_key.is_empty() {
+        dedup_keys.push(event_dedup_key(&row.dedup_key));
+    }
+    for item in t.rule_dedup.range((key, "")..)? {
+        let (k, _) = item?;
+        let (event, dedup_key) = k.value();
+        if event != key {
+            break;
+        }
+        dedup_keys.push(dedup_key.to_owned());
+    }
+    for dedup_key in &dedup_keys {
+        t.rule_dedup.remove((key, dedup_key.as_str()))?;
+        let owner = t.dedup.get(dedup_key.as_str())?.map(|g| g.value().0 == key);
+        if owner == Some(true) {
+            t.dedup.remove(dedup_key.as_str())?;
+            stats.dedup_keys += 1;
+        }
     }
     t.events.remove(key)?;
     stats.events += 1;
