@@ -9,7 +9,7 @@
 //! | table              | key                    | value                | what for |
 //! |--------------------|------------------------|----------------------|----------|
 //! | `events`           | event key (ULID text)  | [`EventRow`], see [`encode_event_row`] | the envelope; ULID order = arrival order |
-//! | `event_deliveries` | (event key, id)        | ()                   | deliveries of an event, for detail, replay, prune |
+//! | `event_deliveries` | (event key, id)        | ()                   | deliveries added to an event later (replay, on_failure) |
 //! | `dedup`            | namespaced dedup key   | (event key, expires) | event- and rule-level dedup |
 //! | `rule_dedup`       | (event key, dedup key) | ()                   | the rule-level keys an event recorded, for prune |
 //! | `deliveries`       | id                     | JSON `DeliveryRecord`| the delivery rows |
@@ -21,7 +21,9 @@
 //!
 //! Every table a commit touches costs it a root-to-leaf path of pages to
 //! write and fsync, so the common path (an event, one delivery run at once,
-//! its success) touches as few as it can: `Done` deliveries have no index
+//! its success) touches as few as it can: the deliveries an event is
+//! accepted with are a run of ids named in its row's header rather than
+//! entries of `event_deliveries`, `Done` deliveries have no index
 //! table (their count is what the other states leave of `deliveries`), the
 //! attempt that succeeds is kept in the delivery row, the next delivery id
 //! follows from the last row rather than a counter, and dedup entries leave
@@ -73,6 +75,9 @@ pub(super) struct EventRow {
     pub received_ms: u64,
     pub dedup_key: String,
     pub dedup_until_ms: u64,
+    /// The deliveries the event was accepted with, from the row's header.
+    #[serde(skip)]
+    pub first_deliveries: std::ops::Range<u64>,
 }
 
 /// Namespaced key of an event-level dedup entry. Event- and rule-level keys
@@ -194,8 +199,43 @@ pub(super) fn encode_event_row(json: Vec<u8>) -> Vec<u8> {
     row
 }
 
-/// Decodes a row written by [`encode_event_row`] (or a plain JSON row).
+/// First byte of an event row with a header: the event's first deliveries,
+/// as `first id: u64 LE, count: u32 LE`, then the row itself (LZ4 or plain).
+const WITH_DELIVERIES: u8 = 2;
+const HEADER_LEN: usize = 1 + 8 + 4;
+
+/// Prefixes an encoded row with the run of delivery ids it was accepted with.
+pub(super) fn with_deliveries(row: &[u8], ids: std::ops::Range<u64>) -> Vec<u8> {
+    let count = u32::try_from(ids.end.saturating_sub(ids.start)).unwrap_or(u32::MAX);
+    let mut out = Vec::with_capacity(HEADER_LEN + row.len());
+    out.push(WITH_DELIVERIES);
+    out.extend_from_slice(&ids.start.to_le_bytes());
+    out.extend_from_slice(&count.to_le_bytes());
+    out.extend_from_slice(row);
+    out
+}
+
+/// Decodes a row written by [`encode_event_row`] (or a plain JSON row), with
+/// or without a [`with_deliveries`] header.
 pub(super) fn decode_event_row(bytes: &[u8]) -> Result<EventRow, StoreError> {
+    if bytes.first() == Some(&WITH_DELIVERIES) {
+        let header = bytes
+            .get(1..HEADER_LEN)
+            .ok_or_else(|| StoreError::Corrupt("event row: short header".to_owned()))?;
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&header[..8]);
+        let mut count = [0u8; 4];
+        count.copy_from_slice(&header[8..]);
+        let first = u64::from_le_bytes(first);
+        let count = u64::from(u32::from_le_bytes(count));
+        let mut row = decode_body_row(&bytes[HEADER_LEN..])?;
+        row.first_deliveries = first..first.saturating_add(count);
+        return Ok(row);
+    }
+    decode_body_row(bytes)
+}
+
+fn decode_body_row(bytes: &[u8]) -> Result<EventRow, StoreError> {
     match bytes.split_first() {
         Some((&LZ4_ROW, packed)) => {
             // LZ4 expands at most about 255:1; a larger claimed size is a
@@ -237,12 +277,14 @@ pub(super) fn load_delivery(
     }
 }
 
-/// Ids of an event's deliveries, in creation order.
+/// Ids of an event's deliveries, in creation order: the run in its row's
+/// header, then any added later.
 pub(super) fn delivery_ids_of(
     t: &impl ReadableTable<(&'static str, u64), ()>,
     event_key: &str,
+    row: &EventRow,
 ) -> Result<Vec<DeliveryId>, StoreError> {
-    let mut ids = Vec::new();
+    let mut ids: Vec<DeliveryId> = row.first_deliveries.clone().collect();
     for item in t.range((event_key, 0u64)..=(event_key, u64::MAX))? {
         let (k, _) = item?;
         ids.push(k.value().1);

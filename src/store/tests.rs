@@ -894,6 +894,54 @@ fn event_rows_round_trip_compressed_plain_and_old() {
     assert!(schema::decode_event_row(&bad).is_err());
     assert!(schema::decode_event_row(&packed[..packed.len() / 2]).is_err());
     assert!(schema::decode_event_row(&[1]).is_err());
+
+    // The delivery header wraps either form.
+    for row in [&plain, &packed] {
+        let headed = schema::with_deliveries(row, 7..10);
+        let back = schema::decode_event_row(&headed).expect("headed");
+        assert_eq!(back.first_deliveries, 7..10);
+        assert_eq!(
+            schema::decode_event_row(row)
+                .expect("bare")
+                .first_deliveries,
+            0..0
+        );
+        assert!(schema::decode_event_row(&headed[..5]).is_err());
+    }
+}
+
+#[tokio::test]
+async fn an_event_lists_its_first_and_later_deliveries() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (_, before) = accept(&store, new_event("z", 1_000, vec![delivery("r", 0)])).await;
+    let (key, first) = accept(
+        &store,
+        new_event("a", 1_000, vec![delivery("r", 0), delivery("r", 1)]),
+    )
+    .await;
+    assert!(first[0] > before[0]);
+    let later = store
+        .replay(&key, vec![delivery("s", 0)])
+        .await
+        .expect("replay");
+    let detail = store.get_event(&key).expect("get").expect("present");
+    let ids: Vec<_> = detail.deliveries.iter().map(|d| d.record.id).collect();
+    assert_eq!(ids, [first[0], first[1], later[0]]);
+    let summary = store.list_events(1, None).expect("list");
+    assert_eq!(summary[0].deliveries.pending, 3);
+
+    // The replayed delivery is due at the real clock.
+    run_all(&store, writer::now_ms(), "ok", Next::Done).await;
+    let stats = store.prune(1_000 + WINDOW, 0).await.expect("prune");
+    assert_eq!((stats.events, stats.deliveries), (2, 4));
+    let txn = store.inner.db.begin_read().expect("read");
+    let left = txn
+        .open_table(schema::EVENT_DELIVERIES)
+        .expect("table")
+        .len()
+        .expect("len");
+    assert_eq!(left, 0);
 }
 
 /// Leases everything due at `now` and finishes each with `outcome`.

@@ -32,7 +32,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use super::StoreError;
 use super::schema::{
     META_SCHEMA, SCHEMA_VERSION, WriteTables, delivery_ids_of, event_dedup_key, load_delivery,
-    load_event, rule_dedup_key, v1,
+    load_event, rule_dedup_key, v1, with_deliveries,
 };
 use super::types::{
     Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
@@ -550,6 +550,15 @@ fn put_dedup(
     Ok(())
 }
 
+/// Where a new delivery is linked to its event.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indexed {
+    /// In the event row's header, which the caller writes.
+    InRow,
+    /// In `event_deliveries`: the event row already exists.
+    Table,
+}
+
 /// Creates a delivery, `Pending` and due at `due_ms`, or already `Leased`
 /// until `lease_until` (its caller runs it from memory).
 fn create_delivery(
@@ -558,6 +567,7 @@ fn create_delivery(
     d: &NewDelivery,
     due_ms: u64,
     lease_until: Option<u64>,
+    index: Indexed,
 ) -> Result<DeliveryRecord, StoreError> {
     let id = t.next_delivery_id()?;
     let rec = DeliveryRecord {
@@ -584,7 +594,9 @@ fn create_delivery(
         Some(until) => t.leased.insert((until, id), ())?,
         None => t.due.insert((due_ms, id), ())?,
     };
-    t.event_deliveries.insert((event_key, id), ())?;
+    if index == Indexed::Table {
+        t.event_deliveries.insert((event_key, id), ())?;
+    }
     Ok(rec)
 }
 
@@ -625,7 +637,6 @@ fn commit(
     }
 
     let key = keys.next(at);
-    t.events.insert(key.as_str(), row)?;
     fx.dirty = true;
     if let Some(k) = &event_dedup {
         put_dedup(t, k, &key, ev.dedup_until_ms)?;
@@ -645,10 +656,30 @@ fn commit(
         if skip {
             continue;
         }
-        let rec = create_delivery(t, &key, d, at, lease_ms.map(|l| at.saturating_add(l)))?;
+        let rec = create_delivery(
+            t,
+            &key,
+            d,
+            at,
+            lease_ms.map(|l| at.saturating_add(l)),
+            Indexed::InRow,
+        )?;
         ids.push(rec.id);
         if lease_ms.is_some() {
             leased.push(rec);
+        }
+    }
+    // The ids were handed out in one run, so the row's header names them all
+    // and `event_deliveries` is not touched.
+    match (ids.first(), ids.last()) {
+        (Some(&first), Some(&last)) => {
+            t.events.insert(
+                key.as_str(),
+                with_deliveries(row, first..last + 1).as_slice(),
+            )?;
+        }
+        _ => {
+            t.events.insert(key.as_str(), row)?;
         }
     }
     // Leased deliveries are the caller's to run; only queued ones need the
@@ -826,7 +857,7 @@ fn finish(
 
     let mut ids = Vec::with_capacity(follow_ups.len());
     for d in follow_ups {
-        ids.push(create_delivery(t, &rec.event_key, d, now, None)?.id);
+        ids.push(create_delivery(t, &rec.event_key, d, now, None, Indexed::Table)?.id);
         fx.wake = true;
     }
     Ok(ids)
@@ -844,7 +875,7 @@ fn replay(
     }
     let mut ids = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        ids.push(create_delivery(t, event_key, d, now, None)?.id);
+        ids.push(create_delivery(t, event_key, d, now, None, Indexed::Table)?.id);
         fx.dirty = true;
         fx.wake = true;
     }
@@ -908,7 +939,7 @@ fn prune_event(
     if row.dedup_until_ms > now_ms {
         return Ok(false);
     }
-    let ids = delivery_ids_of(&t.event_deliveries, key)?;
+    let ids = delivery_ids_of(&t.event_deliveries, key, &row)?;
     let mut records = Vec::with_capacity(ids.len());
     for &id in &ids {
         match load_delivery(&t.deliveries, id)? {
