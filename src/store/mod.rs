@@ -439,7 +439,7 @@ impl Store {
         let deliveries = txn.open_table(DELIVERIES)?;
         let attempts = txn.open_table(ATTEMPTS)?;
         let mut out = Vec::new();
-        for id in delivery_ids_of(&event_deliveries, key, &row)? {
+        for id in delivery_ids_of(&event_deliveries, key, row.first_deliveries.clone())? {
             if let Some(record) = load_delivery(&deliveries, id)? {
                 let mut history: Vec<_> = attempts_of(&attempts, id)?
                     .into_iter()
@@ -481,7 +481,7 @@ impl Store {
             let key = k.value();
             let row = schema::decode_event_row(v.value())?;
             let mut counts = DeliveryCounts::default();
-            for id in delivery_ids_of(&event_deliveries, key, &row)? {
+            for id in delivery_ids_of(&event_deliveries, key, row.first_deliveries.clone())? {
                 if let Some(rec) = load_delivery(&deliveries, id)? {
                     let slot = match rec.state {
                         DeliveryState::Pending => &mut counts.pending,

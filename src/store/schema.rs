@@ -80,6 +80,16 @@ pub(super) struct EventRow {
     pub first_deliveries: std::ops::Range<u64>,
 }
 
+/// The parts of an event row that prune needs. Decoding only these skips
+/// building the event's headers and body, most of a row's decoding cost.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventRowKeys {
+    pub dedup_key: String,
+    pub dedup_until_ms: u64,
+    #[serde(skip)]
+    pub first_deliveries: std::ops::Range<u64>,
+}
+
 /// Namespaced key of an event-level dedup entry. Event- and rule-level keys
 /// share the `dedup` table (one expiry index, one prune pass) and must not
 /// collide, hence the prefixes.
@@ -218,6 +228,22 @@ pub(super) fn with_deliveries(row: &[u8], ids: std::ops::Range<u64>) -> Vec<u8> 
 /// Decodes a row written by [`encode_event_row`] (or a plain JSON row), with
 /// or without a [`with_deliveries`] header.
 pub(super) fn decode_event_row(bytes: &[u8]) -> Result<EventRow, StoreError> {
+    let (mut row, first): (EventRow, _) = decode_event_row_as(bytes)?;
+    row.first_deliveries = first;
+    Ok(row)
+}
+
+/// [`decode_event_row`], for prune: the dedup key, its expiry and the first
+/// deliveries only.
+pub(super) fn decode_event_keys(bytes: &[u8]) -> Result<EventRowKeys, StoreError> {
+    let (mut keys, first): (EventRowKeys, _) = decode_event_row_as(bytes)?;
+    keys.first_deliveries = first;
+    Ok(keys)
+}
+
+fn decode_event_row_as<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, std::ops::Range<u64>), StoreError> {
     if bytes.first() == Some(&WITH_DELIVERIES) {
         let header = bytes
             .get(1..HEADER_LEN)
@@ -228,14 +254,13 @@ pub(super) fn decode_event_row(bytes: &[u8]) -> Result<EventRow, StoreError> {
         count.copy_from_slice(&header[8..]);
         let first = u64::from_le_bytes(first);
         let count = u64::from(u32::from_le_bytes(count));
-        let mut row = decode_body_row(&bytes[HEADER_LEN..])?;
-        row.first_deliveries = first..first.saturating_add(count);
-        return Ok(row);
+        let row = decode_body_row(&bytes[HEADER_LEN..])?;
+        return Ok((row, first..first.saturating_add(count)));
     }
-    decode_body_row(bytes)
+    Ok((decode_body_row(bytes)?, 0..0))
 }
 
-fn decode_body_row(bytes: &[u8]) -> Result<EventRow, StoreError> {
+fn decode_body_row<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&LZ4_ROW, packed)) => {
             // LZ4 expands at most about 255:1; a larger claimed size is a
@@ -278,13 +303,13 @@ pub(super) fn load_delivery(
 }
 
 /// Ids of an event's deliveries, in creation order: the run in its row's
-/// header, then any added later.
+/// header (`first`), then any added later.
 pub(super) fn delivery_ids_of(
     t: &impl ReadableTable<(&'static str, u64), ()>,
     event_key: &str,
-    row: &EventRow,
+    first: std::ops::Range<u64>,
 ) -> Result<Vec<DeliveryId>, StoreError> {
-    let mut ids: Vec<DeliveryId> = row.first_deliveries.clone().collect();
+    let mut ids: Vec<DeliveryId> = first.collect();
     for item in t.range((event_key, 0u64)..=(event_key, u64::MAX))? {
         let (k, _) = item?;
         ids.push(k.value().1);

@@ -910,6 +910,11 @@ fn event_rows_round_trip_compressed_plain_and_old() {
         let headed = schema::with_deliveries(row, 7..10);
         let back = schema::decode_event_row(&headed).expect("headed");
         assert_eq!(back.first_deliveries, 7..10);
+        let keys = schema::decode_event_keys(&headed).expect("keys");
+        assert_eq!(
+            (keys.dedup_key, keys.dedup_until_ms, keys.first_deliveries),
+            (back.dedup_key.clone(), back.dedup_until_ms, 7..10)
+        );
         assert_eq!(
             schema::decode_event_row(row)
                 .expect("bare")

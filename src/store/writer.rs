@@ -31,8 +31,8 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::StoreError;
 use super::schema::{
-    META_SCHEMA, SCHEMA_VERSION, WriteTables, delivery_ids_of, event_dedup_key, load_delivery,
-    load_event, rule_dedup_key, v1, with_deliveries,
+    META_SCHEMA, SCHEMA_VERSION, WriteTables, decode_event_keys, delivery_ids_of, event_dedup_key,
+    load_delivery, rule_dedup_key, v1, with_deliveries,
 };
 use super::types::{
     Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
@@ -933,13 +933,18 @@ fn prune_event(
     now_ms: u64,
     stats: &mut PruneStats,
 ) -> Result<bool, StoreError> {
-    let Some(row) = load_event(&t.events, key)? else {
+    let Some(row) = t
+        .events
+        .get(key)?
+        .map(|g| decode_event_keys(g.value()))
+        .transpose()?
+    else {
         return Ok(false);
     };
     if row.dedup_until_ms > now_ms {
         return Ok(false);
     }
-    let ids = delivery_ids_of(&t.event_deliveries, key, &row)?;
+    let ids = delivery_ids_of(&t.event_deliveries, key, row.first_deliveries.clone())?;
     let mut records = Vec::with_capacity(ids.len());
     for &id in &ids {
         match load_delivery(&t.deliveries, id)? {
