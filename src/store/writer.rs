@@ -254,8 +254,9 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
 }
 
 /// Moves a layout-1 file to layout 2, in the caller's transaction: the
-/// `done` index goes (its length follows from the other states), and the expiry index of rule-level dedup
-/// keys becomes `rule_dedup` (event-level keys are found from the event row).
+/// `done` index goes (its length follows from the other states), and the
+/// expiry index of rule-level dedup keys becomes `rule_dedup` (event-level
+/// keys are found from the event row).
 fn migrate_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
     let mut rule_keys = Vec::new();
     {
