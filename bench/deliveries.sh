@@ -30,9 +30,7 @@ SINK_PORT=$((BASE_PORT + 5))
 HR_URL="http://127.0.0.1:$HR_PORT/hooks/github"
 EXEC_URL="http://127.0.0.1:$EXEC_PORT/hooks/deploy"
 
-mkdir -p "$REPO_DIR/target"
-WORK=$(mktemp -d "$REPO_DIR/target/bench-deliveries.XXXXXX")
-trap cleanup EXIT
+make_work deliveries
 
 ensure_tools
 build_all

@@ -20,11 +20,7 @@ EXEC_URL="http://127.0.0.1:$EXEC_PORT/hooks/deploy"
 REJECT_URL="http://127.0.0.1:$REJECT_PORT/hooks/deploy"
 LIMIT_URL="http://127.0.0.1:$LIMIT_PORT/hooks/github"
 
-# Work files live on the same file system as the repository (not a tmpfs),
-# so hookrouter's fsync costs what it costs on this disk.
-mkdir -p "$REPO_DIR/target"
-WORK=$(mktemp -d "$REPO_DIR/target/bench-ingest.XXXXXX")
-trap cleanup EXIT
+make_work ingest
 
 ensure_tools
 build_all

@@ -41,11 +41,7 @@ REJECT_URL="http://127.0.0.1:$REJECT_PORT/hooks/deploy"
 LIMIT_URL="http://127.0.0.1:$LIMIT_PORT/hooks/github"
 RULES="$BENCH_DIR/rules/github-bench.yaml"
 
-# Work files (and hookrouter's data file) on the repository's file system,
-# not a tmpfs, so fsync costs what it costs on this disk.
-mkdir -p "$REPO_DIR/target"
-WORK=$(mktemp -d "$REPO_DIR/target/bench-latency.XXXXXX")
-trap cleanup EXIT
+make_work latency
 
 ensure_tools
 build_all

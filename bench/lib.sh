@@ -184,6 +184,16 @@ cleanup() {
     if [[ -n ${KEEP_WORK:-} ]]; then log "work files kept in $WORK"; else rm -rf "$WORK"; fi
 }
 
+# make_work NAME: a fresh work folder $WORK under target/, on the
+# repository's file system rather than a tmpfs, so hookrouter's fsync costs
+# what it costs on this disk; `cleanup` removes it on exit unless KEEP_WORK
+# is set.
+make_work() {
+    mkdir -p "$REPO_DIR/target"
+    WORK=$(mktemp -d "$REPO_DIR/target/bench-$1.XXXXXX")
+    trap cleanup EXIT
+}
+
 # Run wrk against a URL; prints the BENCH line. Args: url expected_status [stop_after] [secs]
 run_wrk() {
     local url=$1 expected=$2 stop_after=${3:-0} secs=${4:-$WRK_SECS}

@@ -45,10 +45,7 @@ SOAK_PORT=$((BASE_PORT + 2))
 SOAK_URL="http://127.0.0.1:$SOAK_PORT/hooks/github"
 RULES="$BENCH_DIR/rules/github-bench.yaml"
 
-# Data files on the repository's file system, not a tmpfs.
-mkdir -p "$REPO_DIR/target"
-WORK=$(mktemp -d "$REPO_DIR/target/bench-memory.XXXXXX")
-trap cleanup EXIT
+make_work memory
 
 ensure_tools
 build_all

@@ -18,9 +18,7 @@ PORT=${PORT:-19171}
 PROF_TARGET="$REPO_DIR/target/bench-prof"
 PROF_BIN="$PROF_TARGET/release/hookrouter"
 
-mkdir -p "$REPO_DIR/target"
-WORK=$(mktemp -d "$REPO_DIR/target/bench-profile.XXXXXX")
-trap cleanup EXIT
+make_work profile
 
 ensure_tools
 if ! command -v perf >/dev/null; then
