@@ -54,8 +54,6 @@ EOF
 # Diagnostic: the same rule with a ref that never matches, like the peer's
 # reject path. hookrouter still verifies and durably stores every event, but
 # plans no delivery, so nothing is leased, run or finished.
-# (In its own folder: the rule watcher would otherwise wake on every write
-# to the data file beside it.)
 mkdir -p "$WORK/rules"
 sed -e 's|\$.ref: refs/heads/main|$.ref: refs/heads/never|' -e '/^tests:/,$d' \
     "$BENCH_DIR/rules/github-bench.yaml" >"$WORK/rules/github-nomatch.yaml"

@@ -34,7 +34,6 @@ RULES="$BENCH_DIR/rules/github-bench.yaml"
 [[ -f $RULES ]] || die "run bench/ingest.sh once first (it writes $RULES)"
 TAG=$LOG_LEVEL
 if [[ -n ${NOMATCH:-} ]]; then
-    # Not beside the data file: the rule watcher would wake on its writes.
     mkdir -p "$WORK/rules"
     sed -e 's|\$.ref: refs/heads/main|$.ref: refs/heads/never|' -e '/^tests:/,$d' "$RULES" >"$WORK/rules/nomatch.yaml"
     RULES="$WORK/rules/nomatch.yaml"

@@ -155,6 +155,30 @@ fn poll_until_deliveries(server: &Server, git_ref: &str, want: u64) -> Option<St
     None
 }
 
+/// A rule change written at `written` serves pushes of `git_ref` within the
+/// deadline, and `rule` runs for one of them; returns that event's id.
+fn expect_served(
+    server: &Server,
+    git_ref: &str,
+    rule: &str,
+    written: Instant,
+    change: &str,
+) -> String {
+    let id = poll_until_deliveries(server, git_ref, 1)
+        .unwrap_or_else(|| panic!("the {change} never took effect; log:\n{}", server.log()));
+    let took = written.elapsed();
+    assert!(
+        took <= RELOAD_DEADLINE,
+        "the {change} took {took:?} to serve (limit {RELOAD_DEADLINE:?})"
+    );
+    assert!(
+        server.wait_log(&format!("{rule}-fired[{id}]"), 1, WAIT),
+        "{rule} did not run for {id} after the {change}; log:\n{}",
+        server.log()
+    );
+    id
+}
+
 #[test]
 fn reload_serves_a_new_rule_file_within_two_seconds() {
     let (_dir, rules, server) = reload_server(|_| {});
@@ -167,21 +191,12 @@ fn reload_serves_a_new_rule_file_within_two_seconds() {
 
     let written = Instant::now();
     install(&rules, "reload/extra.yaml", "extra.yaml", &[]);
-    let id = poll_until_deliveries(&server, "refs/heads/dev", 1).unwrap_or_else(|| {
-        panic!(
-            "the new rule file never took effect; log:\n{}",
-            server.log()
-        )
-    });
-    let took = written.elapsed();
-    assert!(
-        took <= RELOAD_DEADLINE,
-        "the new rule file took {took:?} to serve (limit {RELOAD_DEADLINE:?})"
-    );
-    assert!(
-        server.wait_log(&format!("rl-extra-fired[{id}]"), 1, WAIT),
-        "the new rule did not run for {id}; log:\n{}",
-        server.log()
+    expect_served(
+        &server,
+        "refs/heads/dev",
+        "rl-extra",
+        written,
+        "new rule file",
     );
     assert!(
         !server.log().contains(&format!("rl-extra-fired[{before}]")),
@@ -221,23 +236,43 @@ fn reload_serves_a_changed_match_value() {
     assert_ne!(base, edited, "the fixture has the match value to change");
     let written = Instant::now();
     support::write(&rules, "base.yaml", &edited);
-    let id = poll_until_deliveries(&server, "refs/heads/release", 1)
-        .unwrap_or_else(|| panic!("the edit never took effect; log:\n{}", server.log()));
-    let took = written.elapsed();
-    assert!(
-        took <= RELOAD_DEADLINE,
-        "the edit took {took:?} to serve (limit {RELOAD_DEADLINE:?})"
-    );
-    assert!(
-        server.wait_log(&format!("rl-main-fired[{id}]"), 1, WAIT),
-        "the edited rule did not run; log:\n{}",
-        server.log()
-    );
+    expect_served(&server, "refs/heads/release", "rl-main", written, "edit");
     assert_eq!(
         deliveries_for(&server, "rl", RL_SECRET, "refs/heads/main", &unique("rl")),
         0,
         "the old match value still matches after the edit"
     );
+}
+
+/// `--rules` naming one file that sits beside the data file (the default
+/// layout): an edit in place and an editor-style replace (write a temporary
+/// file, rename it over) are both served within the deadline.
+#[test]
+fn a_single_rule_file_beside_the_data_file_reloads_on_edit_and_on_replace() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = install(dir.path(), "reload/base.yaml", "hooks.yaml", &[]);
+    let server = ServerOpts::new(&file, &dir.path().join("hookrouter.redb")).start();
+    let base = std::fs::read_to_string(&file).expect("read base");
+    for (step, git_ref) in [
+        ("edit", "refs/heads/release"),
+        ("replace", "refs/heads/hotfix"),
+    ] {
+        assert_eq!(
+            deliveries_for(&server, "rl", RL_SECRET, git_ref, &unique("rl")),
+            0,
+            "{git_ref} matches before the {step}"
+        );
+        let edited = base.replace("$.ref: refs/heads/main", &format!("$.ref: {git_ref}"));
+        assert_ne!(base, edited, "the fixture has the match value to change");
+        let written = Instant::now();
+        if step == "edit" {
+            support::write(dir.path(), "hooks.yaml", &edited);
+        } else {
+            let tmp = support::write(dir.path(), ".hooks.yaml.swp", &edited);
+            std::fs::rename(&tmp, &file).expect("rename over the rule file");
+        }
+        expect_served(&server, git_ref, "rl-main", written, step);
+    }
 }
 
 #[test]
@@ -1023,18 +1058,10 @@ fn received_counts(receiver: &Receiver) -> BTreeMap<String, usize> {
     out
 }
 
-#[test]
-fn sigterm_under_load_drains_and_every_acknowledged_event_runs() {
-    const SECRET: &str = "drain-test-secret";
-    const THREADS: usize = 4;
-    const GRACE: Duration = Duration::from_secs(5);
-    // A slow receiver: actions are still running, and more are queued, when
-    // SIGTERM arrives.
-    let receiver = Receiver::answering(
-        Answer::status(200)
-            .delay(Duration::from_millis(150))
-            .echo(false),
-    );
+/// A receiver that answers 200 after `delay`, and `drain.yaml` pointed at it
+/// in a fresh folder.
+fn slow_drain(delay: Duration) -> (Receiver, TempDir, PathBuf) {
+    let receiver = Receiver::answering(Answer::status(200).delay(delay).echo(false));
     let dir = tempfile::tempdir().expect("tempdir");
     let rules = install(
         dir.path(),
@@ -1042,6 +1069,17 @@ fn sigterm_under_load_drains_and_every_acknowledged_event_runs() {
         "drain.yaml",
         &[("@RECEIVER@", &receiver.url(""))],
     );
+    (receiver, dir, rules)
+}
+
+#[test]
+fn sigterm_under_load_drains_and_every_acknowledged_event_runs() {
+    const SECRET: &str = "drain-test-secret";
+    const THREADS: usize = 4;
+    const GRACE: Duration = Duration::from_secs(5);
+    // A slow receiver: actions are still running, and more are queued, when
+    // SIGTERM arrives.
+    let (receiver, dir, rules) = slow_drain(Duration::from_millis(150));
     let data = dir.path().join("data.redb");
     // Few workers, so deliveries are still queued at SIGTERM.
     let mut first = ServerOpts::new(&rules, &data)
