@@ -23,7 +23,7 @@ use crate::rules::RuleSet;
 
 /// Changes closer together than this are one reload.
 const DEBOUNCE: Duration = Duration::from_millis(150);
-/// How often a single rule file's metadata is checked for a change.
+/// How often a single rule file is checked for a change.
 const POLL: Duration = Duration::from_millis(250);
 
 /// The outcome of the last load or reload, for `/api/status`.
@@ -146,7 +146,7 @@ impl Reloader {
     /// file is polled instead: a watch on its folder would wake on every
     /// write to anything else there, the data file included (the default
     /// layout puts `hookrouter.redb` beside a `--rules hooks.yaml`), which cost
-    /// 14 % of ingest throughput. Polling the path also follows an editor that
+    /// about 12 % of ingest throughput. Polling the path also follows an editor that
     /// replaces the file rather than writing it in place.
     fn watch(&self, tx: mpsc::UnboundedSender<()>) -> Watchers {
         let handler = |tx: mpsc::UnboundedSender<()>| {
