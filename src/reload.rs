@@ -161,39 +161,19 @@ impl Reloader {
         };
         let (folders, files): (Vec<&PathBuf>, Vec<&PathBuf>) =
             self.paths.iter().partition(|p| p.is_dir());
-        let mut out = Watchers::default();
-        if !folders.is_empty() {
-            match notify::recommended_watcher(handler(tx.clone())) {
-                Ok(mut w) => {
-                    for p in folders {
-                        watch_path(&mut w, p, RecursiveMode::Recursive);
-                    }
-                    out.folders = Some(w);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "File watching unavailable; SIGHUP still reloads.");
-                }
-            }
+        // Contents, not only the modification time: the poller keeps whole
+        // seconds, and an edit within the second would be missed.
+        let poll = notify::Config::default()
+            .with_poll_interval(POLL)
+            .with_compare_contents(true);
+        Watchers {
+            _folders: start(&folders, RecursiveMode::Recursive, || {
+                notify::recommended_watcher(handler(tx.clone()))
+            }),
+            _files: start(&files, RecursiveMode::NonRecursive, || {
+                notify::PollWatcher::new(handler(tx.clone()), poll)
+            }),
         }
-        if !files.is_empty() {
-            // Contents, not only the modification time: the poller keeps
-            // whole seconds, and an edit within the second would be missed.
-            let config = notify::Config::default()
-                .with_poll_interval(POLL)
-                .with_compare_contents(true);
-            match notify::PollWatcher::new(handler(tx), config) {
-                Ok(mut w) => {
-                    for p in files {
-                        watch_path(&mut w, p, RecursiveMode::NonRecursive);
-                    }
-                    out.files = Some(w);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot poll rule files; SIGHUP still reloads.");
-                }
-            }
-        }
-        out
     }
 
     async fn run(
@@ -227,16 +207,30 @@ impl Reloader {
 }
 
 /// Kept alive for as long as changes should reload.
-#[derive(Default)]
 struct Watchers {
-    folders: Option<notify::RecommendedWatcher>,
-    files: Option<notify::PollWatcher>,
+    _folders: Option<notify::RecommendedWatcher>,
+    _files: Option<notify::PollWatcher>,
 }
 
-fn watch_path(w: &mut impl notify::Watcher, p: &std::path::Path, mode: RecursiveMode) {
-    if let Err(e) = w.watch(p, mode) {
-        tracing::warn!(path = %p.display(), error = %e, "Cannot watch rules; SIGHUP still reloads.");
+/// A watcher on `paths`, or `None` when there are none or it cannot start
+/// (SIGHUP still reloads then).
+fn start<W: notify::Watcher>(
+    paths: &[&PathBuf],
+    mode: RecursiveMode,
+    make: impl FnOnce() -> notify::Result<W>,
+) -> Option<W> {
+    if paths.is_empty() {
+        return None;
     }
+    let mut w = make()
+        .inspect_err(|e| tracing::warn!(error = %e, "Cannot watch rules; SIGHUP still reloads."))
+        .ok()?;
+    for p in paths {
+        if let Err(e) = w.watch(p, mode) {
+            tracing::warn!(path = %p.display(), error = %e, "Cannot watch rules; SIGHUP still reloads.");
+        }
+    }
+    Some(w)
 }
 
 fn is_rule_file(p: &std::path::Path) -> bool {
