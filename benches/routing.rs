@@ -28,7 +28,8 @@ fn event() -> Event {
             "after": "0123456789abcdef0123456789abcdef01234567",
             "repository": {"full_name": "acme/api", "private": false},
             "commits": [{"id": "c1", "modified": ["src/lib.rs"]}],
-        }),
+        })
+        .into(),
     }
 }
 

@@ -61,7 +61,7 @@ fn event(task: u64, n: u64, body: &serde_json::Value) -> Event {
         received_at: "2025-01-01T10:00:00.000Z".to_owned(),
         headers,
         query: BTreeMap::new(),
-        body: body.clone(),
+        body: body.clone().into(),
     }
 }
 

@@ -10,9 +10,9 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::body::Body;
 use crate::event::{Event, RawRequest};
 use crate::rules::Source;
 
@@ -36,7 +36,7 @@ pub fn fallback_id(body: &[u8]) -> String {
 pub fn build(
     source: &Source,
     req: &RawRequest<'_>,
-    body: Value,
+    body: Body,
     query: BTreeMap<String, String>,
     received_at: SystemTime,
 ) -> Event {

@@ -7,8 +7,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::body::Body;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// A request as it arrived, before its signature is checked.
 ///
@@ -54,5 +54,5 @@ pub struct Event {
     /// Header names lowercased; repeated headers joined with ", ".
     pub headers: BTreeMap<String, String>,
     pub query: BTreeMap<String, String>,
-    pub body: Value,
+    pub body: Body,
 }

@@ -146,7 +146,7 @@ enum Step {
 
 impl Json {
     fn node(&self) -> &Value {
-        let mut v = &self.event.body;
+        let mut v = self.event.body.value();
         for step in &self.path {
             let next = match step {
                 Step::Key(k) => v.get(k.as_str()),
@@ -315,7 +315,7 @@ mod tests {
             received_at: "2025-01-01T00:00:00.000Z".to_owned(),
             headers: BTreeMap::from([("x-github-event".to_owned(), "push".to_owned())]),
             query: BTreeMap::from([("q".to_owned(), "1".to_owned())]),
-            body,
+            body: body.into(),
         })
     }
 

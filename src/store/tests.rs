@@ -27,7 +27,7 @@ fn event(id: &str) -> Event {
         received_at: "2024-01-01T00:00:00Z".to_owned(),
         headers: BTreeMap::from([("x-github-delivery".to_owned(), id.to_owned())]),
         query: BTreeMap::new(),
-        body: json!({ "id": id }),
+        body: json!({ "id": id }).into(),
     }
 }
 
@@ -873,13 +873,28 @@ where
 fn event_rows_round_trip_compressed_plain_and_old() {
     let small = new_event("a", 1_000, vec![]);
     let mut large = new_event("b", 1_000, vec![]);
-    large.event.body = json!({ "commits": vec!["the same long commit message text"; 100] });
+    large.event.body = json!({ "commits": vec!["the same long commit message text"; 100] }).into();
     for ev in [&small, &large] {
         let row = writer::event_row(ev).expect("row");
         let back = schema::decode_event_row(&row).expect("decode");
         assert_eq!(back.event, ev.event);
         assert_eq!(back.dedup_key, ev.dedup_key);
     }
+    // A body from a request keeps its text (spacing, key order, a repeated
+    // key) in the row, and reads back as the value the rules saw.
+    let mut raw = new_event("c", 1_000, vec![]);
+    let text = b" {\"z\": [1, 2.5e3, \"\\u00e9\"],\n \"a\": {\"k\": null}, \"a\": true} ";
+    raw.event.body = crate::body::parse(None, text).expect("body");
+    let row = writer::event_row(&raw).expect("row");
+    let back = schema::decode_event_row(&row).expect("decode");
+    assert_eq!(back.event, raw.event);
+    assert_eq!(back.event.body, json!({"z": [1, 2500.0, "é"], "a": true}));
+    assert_eq!((back.received_ms, &back.dedup_key), (1_000, &raw.dedup_key));
+    assert!(
+        row.windows(text.len()).any(|w| w == text),
+        "the body's own text is in the row"
+    );
+
     let plain = writer::event_row(&small).expect("row");
     assert_eq!(plain.first(), Some(&b'{'), "a small row stays JSON");
     let packed = writer::event_row(&large).expect("row");

@@ -508,12 +508,45 @@ fn apply(
 
 /// The stored row of a new event.
 pub(super) fn event_row(ev: &NewEvent) -> Result<Vec<u8>, StoreError> {
-    let json = serde_json::to_vec(&EventRowRef {
-        event: &ev.event,
+    let Some(raw) = ev.event.body.raw_json() else {
+        let json = serde_json::to_vec(&EventRowRef {
+            event: &ev.event,
+            received_ms: ev.received_ms,
+            dedup_key: &ev.dedup_key,
+            dedup_until_ms: ev.dedup_until_ms,
+        })?;
+        return Ok(super::schema::encode_event_row(json));
+    };
+    // A JSON body goes in as the sender wrote it (it was checked on the way
+    // in), so the row costs a copy, not a re-encoding of the payload. The
+    // row is the same JSON document as above: `{"event":{..,"body":..},..}`.
+    let e = &ev.event;
+    let head = serde_json::to_vec(&EventHead {
+        id: &e.id,
+        kind: &e.kind,
+        source: &e.source,
+        provider: &e.provider,
+        received_at: &e.received_at,
+        headers: &e.headers,
+        query: &e.query,
+    })?;
+    let tail = serde_json::to_vec(&RowTail {
         received_ms: ev.received_ms,
         dedup_key: &ev.dedup_key,
         dedup_until_ms: ev.dedup_until_ms,
     })?;
+    let (Some((b'}', head)), Some((b'{', tail))) = (head.split_last(), tail.split_first()) else {
+        return Err(StoreError::Internal(
+            "an event row did not encode as an object",
+        ));
+    };
+    let mut json = Vec::with_capacity(head.len() + raw.len() + tail.len() + 24);
+    json.extend_from_slice(b"{\"event\":");
+    json.extend_from_slice(head);
+    json.extend_from_slice(b",\"body\":");
+    json.extend_from_slice(raw);
+    json.extend_from_slice(b"},");
+    json.extend_from_slice(tail);
     Ok(super::schema::encode_event_row(json))
 }
 
@@ -521,6 +554,27 @@ pub(super) fn event_row(ev: &NewEvent) -> Result<Vec<u8>, StoreError> {
 #[derive(Serialize)]
 struct EventRowRef<'a> {
     event: &'a Event,
+    received_ms: u64,
+    dedup_key: &'a str,
+    dedup_until_ms: u64,
+}
+
+/// An event's fields other than its body, as `Event` serializes them.
+#[derive(Serialize)]
+struct EventHead<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    source: &'a str,
+    provider: &'a str,
+    received_at: &'a str,
+    headers: &'a std::collections::BTreeMap<String, String>,
+    query: &'a std::collections::BTreeMap<String, String>,
+}
+
+/// The row's fields after the event.
+#[derive(Serialize)]
+struct RowTail<'a> {
     received_ms: u64,
     dedup_key: &'a str,
     dedup_until_ms: u64,
