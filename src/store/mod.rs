@@ -36,8 +36,8 @@ pub use types::{
 };
 
 use schema::{
-    ATTEMPTS, DEAD, DELIVERIES, DUE, EVENT_DELIVERIES, EVENTS, LEASED, attempts_of, decode,
-    delivery_ids_of, load_delivery,
+    ATTEMPTS, DEAD, DELIVERIES, DUE, EVENT_DELIVERIES, EVENTS, LEASED, attempts_of,
+    decode_delivery, delivery_ids_of, load_delivery,
 };
 use writer::{Cmd, Op, Out, PruneChunk, Shared};
 
@@ -524,7 +524,7 @@ impl Store {
                 let mut out = Vec::new();
                 for item in deliveries.iter()?.rev().take(limit) {
                     let (_, v) = item?;
-                    out.push(decode(v.value(), "delivery row")?);
+                    out.push(decode_delivery(v.value())?);
                 }
                 return Ok(out);
             }
@@ -549,7 +549,7 @@ impl Store {
                         break;
                     }
                     let (_, v) = item?;
-                    let rec: DeliveryRecord = decode(v.value(), "delivery row")?;
+                    let rec = decode_delivery(v.value())?;
                     if rec.state == DeliveryState::Done {
                         out.push(rec);
                     }

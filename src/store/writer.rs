@@ -214,6 +214,9 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
     match found {
         None | Some(SCHEMA_VERSION) => {}
         Some(1) => migrate_v1(&txn)?,
+        // Layout 3 writes delivery rows in postcard form and still reads the
+        // JSON rows of layout 2, so moving up is only the version number.
+        Some(2) => {}
         Some(v) => {
             return Err(StoreError::Schema {
                 found: v,
