@@ -44,6 +44,12 @@ impl Body {
         &self.value
     }
 
+    /// Drops the JSON text, keeping the value (once it is stored, nothing
+    /// needs the text again).
+    pub fn forget_text(&mut self) {
+        self.raw = None;
+    }
+
     /// The JSON text the value was parsed from, if the body was JSON. It
     /// encodes exactly `value` (serde_json parses it to that).
     pub fn raw_json(&self) -> Option<&[u8]> {

@@ -220,10 +220,13 @@ impl Store {
     /// them due again.
     pub async fn commit_leased(
         &self,
-        ev: NewEvent,
+        mut ev: NewEvent,
         lease_ms: u64,
     ) -> Result<(Committed, Vec<Leased>), StoreError> {
         let row = writer::event_row(&ev)?;
+        // The row has the body's text now; the deliveries that run from
+        // memory need only the parsed value.
+        ev.event.body.forget_text();
         match self.call(Op::Commit(ev, row, Some(lease_ms))).await? {
             // A duplicate comes back joined too, with no deliveries.
             Out::Claimed(c, leased) => Ok((c, leased)),
