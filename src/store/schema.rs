@@ -150,16 +150,25 @@ impl<'t> WriteTables<'t> {
     /// the floor. Nothing extra is written, so creating deliveries touches
     /// no table but `deliveries` and its index.
     pub fn next_delivery_id(&mut self) -> Result<DeliveryId, StoreError> {
-        let id = match self.next_id {
-            Some(id) => id,
-            None => {
-                let after_last = self.deliveries.last()?.map_or(1, |(k, _)| k.value() + 1);
-                let floor = self.meta.get(META_NEXT_ID)?.map_or(1, |g| g.value());
-                after_last.max(floor)
-            }
-        };
+        let id = self.peek_next_id()?;
         self.next_id = Some(id + 1);
         Ok(id)
+    }
+
+    /// The id [`Self::next_delivery_id`] hands out next, worked out once per
+    /// transaction.
+    fn peek_next_id(&mut self) -> Result<DeliveryId, StoreError> {
+        if let Some(id) = self.next_id {
+            return Ok(id);
+        }
+        let after_last = self.deliveries.last()?.map_or(1, |(k, _)| k.value() + 1);
+        let id = after_last.max(self.id_floor()?);
+        self.next_id = Some(id);
+        Ok(id)
+    }
+
+    fn id_floor(&self) -> Result<DeliveryId, StoreError> {
+        Ok(self.meta.get(META_NEXT_ID)?.map_or(1, |g| g.value()))
     }
 
     /// Raises the id floor past the last delivery; prune calls it before it
@@ -168,13 +177,9 @@ impl<'t> WriteTables<'t> {
         if self.floor_raised {
             return Ok(());
         }
-        let after_last = match self.next_id {
-            Some(id) => id,
-            None => self.deliveries.last()?.map_or(1, |(k, _)| k.value() + 1),
-        };
-        let floor = self.meta.get(META_NEXT_ID)?.map_or(1, |g| g.value());
-        if after_last > floor {
-            self.meta.insert(META_NEXT_ID, after_last)?;
+        let next = self.peek_next_id()?;
+        if next > self.id_floor()? {
+            self.meta.insert(META_NEXT_ID, next)?;
         }
         self.floor_raised = true;
         Ok(())

@@ -38,7 +38,6 @@ use super::types::{
     Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
     MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, PruneStats,
 };
-use crate::event::Event;
 
 /// Most commands applied in one write transaction. Bounds how long a batch
 /// holds the writer (and how much an aborted batch has to redo one by one).
@@ -509,21 +508,20 @@ fn apply(
     }
 }
 
-/// The stored row of a new event.
+/// The stored row of a new event: `{"event":{..,"body":..},..}`, the same
+/// JSON document `Event` serializes to, with the body spliced in. A JSON
+/// body goes in as the sender wrote it (it was checked on the way in), so
+/// the row costs a copy of the payload, not a re-encoding of it.
 pub(super) fn event_row(ev: &NewEvent) -> Result<Vec<u8>, StoreError> {
-    let Some(raw) = ev.event.body.raw_json() else {
-        let json = serde_json::to_vec(&EventRowRef {
-            event: &ev.event,
-            received_ms: ev.received_ms,
-            dedup_key: &ev.dedup_key,
-            dedup_until_ms: ev.dedup_until_ms,
-        })?;
-        return Ok(super::schema::encode_event_row(json));
-    };
-    // A JSON body goes in as the sender wrote it (it was checked on the way
-    // in), so the row costs a copy, not a re-encoding of the payload. The
-    // row is the same JSON document as above: `{"event":{..,"body":..},..}`.
     let e = &ev.event;
+    let encoded;
+    let body = match e.body.raw_json() {
+        Some(raw) => raw,
+        None => {
+            encoded = serde_json::to_vec(e.body.value())?;
+            encoded.as_slice()
+        }
+    };
     let head = serde_json::to_vec(&EventHead {
         id: &e.id,
         kind: &e.kind,
@@ -543,23 +541,14 @@ pub(super) fn event_row(ev: &NewEvent) -> Result<Vec<u8>, StoreError> {
             "an event row did not encode as an object",
         ));
     };
-    let mut json = Vec::with_capacity(head.len() + raw.len() + tail.len() + 24);
+    let mut json = Vec::with_capacity(head.len() + body.len() + tail.len() + 24);
     json.extend_from_slice(b"{\"event\":");
     json.extend_from_slice(head);
     json.extend_from_slice(b",\"body\":");
-    json.extend_from_slice(raw);
+    json.extend_from_slice(body);
     json.extend_from_slice(b"},");
     json.extend_from_slice(tail);
     Ok(super::schema::encode_event_row(json))
-}
-
-/// The event row as written, borrowing the event to avoid a copy.
-#[derive(Serialize)]
-struct EventRowRef<'a> {
-    event: &'a Event,
-    received_ms: u64,
-    dedup_key: &'a str,
-    dedup_until_ms: u64,
 }
 
 /// An event's fields other than its body, as `Event` serializes them.
