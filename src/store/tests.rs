@@ -197,6 +197,51 @@ fn duplicates_within_one_batch() {
     }
 }
 
+/// Commands queued while a batch is being applied join its commit rather
+/// than waiting for the next one; each is answered for itself.
+#[test]
+fn commands_arriving_during_a_batch_join_its_commit() {
+    let dir = tempdir();
+    let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
+    writer::prepare(&db, 0).expect("prepare");
+    let shared = writer::Shared::default();
+    let mut keys = KeyGen::new();
+    let commit = |ev: NewEvent| {
+        let row = writer::event_row(&ev).expect("row");
+        Op::Commit(ev, row, None)
+    };
+    let (first_reply, first) = tokio::sync::oneshot::channel();
+    let batch = vec![(
+        commit(new_event("a", 1_000, vec![delivery("r", 0)])),
+        first_reply,
+    )];
+    let mut late = vec![];
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    late.push((commit(new_event("b", 1_001, vec![delivery("r", 0)])), reply));
+    let (reply, duplicate) = tokio::sync::oneshot::channel();
+    late.push((commit(new_event("a", 1_002, vec![delivery("r", 0)])), reply));
+    let mut refills = 0;
+    let mut refill = |batch: &mut writer::Batch| {
+        refills += 1;
+        batch.append(&mut late);
+    };
+    writer::process(&db, &shared, &mut keys, batch, &mut refill);
+    // Asked again after the late commands were applied, and then it had none.
+    assert_eq!(refills, 2);
+    let stats = shared.counters.snapshot();
+    assert_eq!((stats.transactions, stats.commands), (1, 3));
+    let accepted = |answer: Result<Out, StoreError>| match answer {
+        Ok(Out::Committed(Committed::Accepted { key, .. }, _)) => key,
+        _ => panic!("expected an accepted event"),
+    };
+    let a = accepted(first.blocking_recv().expect("first answered"));
+    accepted(answer.blocking_recv().expect("late answered"));
+    match duplicate.blocking_recv().expect("duplicate answered") {
+        Ok(Out::Committed(Committed::Duplicate { key }, _)) => assert_eq!(key, a),
+        _ => panic!("the late resend should be a duplicate of the first"),
+    }
+}
+
 #[tokio::test]
 async fn rule_level_dedup_skips_a_delivery() {
     let dir = tempdir();

@@ -2,7 +2,8 @@
 //!
 //! Owns group commit: one `std::thread` receives commands from a bounded
 //! channel, drains everything queued (up to [`MAX_BATCH`]), applies all of it
-//! in ONE redb write transaction, commits durably (redb's default
+//! in ONE redb write transaction (taking in, before it commits, whatever was
+//! queued while it applied), commits durably (redb's default
 //! `Durability::Immediate`, i.e. fsync) and only then answers each caller.
 //! One fsync thus covers many webhooks under load, and nobody is told "stored"
 //! before the data is on disk.
@@ -106,6 +107,9 @@ pub(super) enum Out {
 pub(super) type LeasedRow = (DeliveryRecord, Arc<Vec<u8>>);
 
 pub(super) type Reply = oneshot::Sender<Result<Out, StoreError>>;
+
+/// Commands of one batch, each with the caller waiting for its answer.
+pub(super) type Batch = Vec<(Op, Reply)>;
 
 pub(super) enum Cmd {
     Op(Box<Op>, Reply),
@@ -297,25 +301,11 @@ pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
     let mut acks = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
-        let mut next = Some(first);
-        while let Some(cmd) = next {
-            match cmd {
-                Cmd::Op(op, reply) => batch.push((*op, reply)),
-                Cmd::Shutdown(ack) => {
-                    // Commands already queued are still received and answered;
-                    // later sends fail, so callers get `Closed`.
-                    rx.close();
-                    acks.push(ack);
-                }
-            }
-            next = if batch.len() < MAX_BATCH {
-                rx.try_recv().ok()
-            } else {
-                None
-            };
-        }
+        receive(first, &mut rx, &mut batch, &mut acks);
+        drain(&mut rx, &mut batch, &mut acks);
         if !batch.is_empty() {
-            process(&db, &shared, &mut keys, batch);
+            let mut refill = |batch: &mut Batch| drain(&mut rx, batch, &mut acks);
+            process(&db, &shared, &mut keys, batch, &mut refill);
         }
     }
     drop(db);
@@ -325,12 +315,53 @@ pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Sh
     }
 }
 
-/// Applies one batch and answers its callers.
-fn process(db: &Database, shared: &Shared, keys: &mut KeyGen, batch: Vec<(Op, Reply)>) {
-    let ops: Vec<&Op> = batch.iter().map(|(op, _)| op).collect();
-    match transact(db, &ops, keys) {
+fn receive(
+    cmd: Cmd,
+    rx: &mut mpsc::Receiver<Cmd>,
+    batch: &mut Batch,
+    acks: &mut Vec<oneshot::Sender<()>>,
+) {
+    match cmd {
+        Cmd::Op(op, reply) => batch.push((*op, reply)),
+        Cmd::Shutdown(ack) => {
+            // Commands already queued are still received and answered;
+            // later sends fail, so callers get `Closed`.
+            rx.close();
+            acks.push(ack);
+        }
+    }
+}
+
+/// Moves what is queued into `batch`, up to [`MAX_BATCH`], without waiting.
+fn drain(rx: &mut mpsc::Receiver<Cmd>, batch: &mut Batch, acks: &mut Vec<oneshot::Sender<()>>) {
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(cmd) => receive(cmd, rx, batch, acks),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Applies one batch, and whatever `refill` adds to it while it is being
+/// applied, then answers its callers.
+pub(super) fn process(
+    db: &Database,
+    shared: &Shared,
+    keys: &mut KeyGen,
+    mut batch: Batch,
+    refill: &mut dyn FnMut(&mut Batch),
+) {
+    let result = transact_ops(
+        db,
+        &mut Growing {
+            batch: &mut batch,
+            refill,
+        },
+        keys,
+    );
+    match result {
         Ok(done) => {
-            finish_txn(shared, &done, ops.len());
+            finish_txn(shared, &done, batch.len());
             for ((op, reply), out) in batch.into_iter().zip(done.outs) {
                 // A caller that gave up waiting is not an error here.
                 let _ = reply.send(hand_back(op, out));
@@ -411,31 +442,83 @@ pub(super) struct Transacted {
     pub wake: bool,
 }
 
+/// The ops of one transaction, which may grow while it is being applied.
+trait Ops {
+    fn len(&self) -> usize;
+    fn get(&self, i: usize) -> &Op;
+    /// Adds what arrived meanwhile; false when nothing did.
+    fn refill(&mut self) -> bool;
+}
+
+impl Ops for [&Op] {
+    fn len(&self) -> usize {
+        <[&Op]>::len(self)
+    }
+    fn get(&self, i: usize) -> &Op {
+        self[i]
+    }
+    fn refill(&mut self) -> bool {
+        false
+    }
+}
+
+/// A batch that takes in the commands queued while it was being applied:
+/// they join this commit instead of waiting for the whole next one, which
+/// costs them only their own apply time rather than another fsync.
+struct Growing<'a> {
+    batch: &'a mut Batch,
+    refill: &'a mut dyn FnMut(&mut Batch),
+}
+
+impl Ops for Growing<'_> {
+    fn len(&self) -> usize {
+        self.batch.len()
+    }
+    fn get(&self, i: usize) -> &Op {
+        &self.batch[i].0
+    }
+    fn refill(&mut self) -> bool {
+        let before = self.batch.len();
+        (self.refill)(self.batch);
+        self.batch.len() > before
+    }
+}
+
 /// Applies `ops` in one write transaction. `Err` means nothing was written.
 pub(super) fn transact(
     db: &Database,
     ops: &[&Op],
     keys: &mut KeyGen,
 ) -> Result<Transacted, StoreError> {
+    let mut ops = ops.to_vec();
+    transact_ops(db, ops.as_mut_slice(), keys)
+}
+
+fn transact_ops(
+    db: &Database,
+    ops: &mut (impl Ops + ?Sized),
+    keys: &mut KeyGen,
+) -> Result<Transacted, StoreError> {
     let mut txn = db.begin_write()?;
-    // Leases and successful attempts need no fsync of their own: the next
-    // durable commit persists them with everything else, and if a crash comes
-    // first, the delivery is still leased in the file, so it is due again at
-    // the next start and runs again (at least once, never lost). A retry
-    // schedule, a death and its on_failure deliveries are kept durably: they
-    // carry the attempt count that bounds the retries.
-    if ops.iter().all(|op| match op {
-        Op::Lease { .. } => true,
-        Op::Finish {
-            next, follow_ups, ..
-        } => *next == Next::Done && follow_ups.is_empty(),
-        _ => false,
-    }) {
-        let _ = txn.set_durability(redb::Durability::None);
-    }
     let mut fx = Effects::default();
     match apply_all(&txn, ops, keys, &mut fx) {
         Ok(outs) => {
+            // Leases and successful attempts need no fsync of their own: the
+            // next durable commit persists them with everything else, and if
+            // a crash comes first, the delivery is still leased in the file,
+            // so it is due again at the next start and runs again (at least
+            // once, never lost). A retry schedule, a death and its on_failure
+            // deliveries are kept durably: they carry the attempt count that
+            // bounds the retries.
+            if (0..ops.len()).all(|i| match ops.get(i) {
+                Op::Lease { .. } => true,
+                Op::Finish {
+                    next, follow_ups, ..
+                } => *next == Next::Done && follow_ups.is_empty(),
+                _ => false,
+            }) {
+                let _ = txn.set_durability(redb::Durability::None);
+            }
             // A batch that only found nothing to lease needs no fsync.
             if fx.dirty {
                 txn.commit()?;
@@ -459,21 +542,25 @@ pub(super) fn transact(
 
 fn apply_all(
     txn: &WriteTransaction,
-    ops: &[&Op],
+    ops: &mut (impl Ops + ?Sized),
     keys: &mut KeyGen,
     fx: &mut Effects,
 ) -> Result<Vec<Result<Out, StoreError>>, StoreError> {
     let mut t = WriteTables::open(txn)?;
     let now = now_ms();
     let mut outs = Vec::with_capacity(ops.len());
-    for op in ops {
-        match apply(&mut t, op, now, keys, fx) {
-            Ok(out) => outs.push(Ok(out)),
-            Err(e) if e.is_not_found() => outs.push(Err(e)),
-            Err(e) => return Err(e),
+    loop {
+        while outs.len() < ops.len() {
+            match apply(&mut t, ops.get(outs.len()), now, keys, fx) {
+                Ok(out) => outs.push(Ok(out)),
+                Err(e) if e.is_not_found() => outs.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        if !ops.refill() {
+            return Ok(outs);
         }
     }
-    Ok(outs)
 }
 
 /// Applies one op. Not-found errors must be raised before the first write,
