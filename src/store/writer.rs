@@ -450,7 +450,7 @@ trait Ops {
     fn refill(&mut self) -> bool;
 }
 
-impl Ops for [&Op] {
+impl Ops for &[&Op] {
     fn len(&self) -> usize {
         <[&Op]>::len(self)
     }
@@ -487,16 +487,15 @@ impl Ops for Growing<'_> {
 /// Applies `ops` in one write transaction. `Err` means nothing was written.
 pub(super) fn transact(
     db: &Database,
-    ops: &[&Op],
+    mut ops: &[&Op],
     keys: &mut KeyGen,
 ) -> Result<Transacted, StoreError> {
-    let mut ops = ops.to_vec();
-    transact_ops(db, ops.as_mut_slice(), keys)
+    transact_ops(db, &mut ops, keys)
 }
 
 fn transact_ops(
     db: &Database,
-    ops: &mut (impl Ops + ?Sized),
+    ops: &mut impl Ops,
     keys: &mut KeyGen,
 ) -> Result<Transacted, StoreError> {
     let mut txn = db.begin_write()?;
@@ -542,7 +541,7 @@ fn transact_ops(
 
 fn apply_all(
     txn: &WriteTransaction,
-    ops: &mut (impl Ops + ?Sized),
+    ops: &mut impl Ops,
     keys: &mut KeyGen,
     fx: &mut Effects,
 ) -> Result<Vec<Result<Out, StoreError>>, StoreError> {
