@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::support::{Server, ServerOpts, fixture, signed_headers, wait_until};
+use crate::support::{Server, ServerOpts, agent, fixture, post_with, push_headers, wait_until};
 
 const SECRET: &str = "burst-test-secret";
 const EVENTS: usize = 200;
@@ -38,37 +38,13 @@ fn id(tag: &str, i: usize) -> String {
     format!("{tag}-{}-{i:04}", std::process::id())
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(30)))
-        .build()
-        .into()
-}
-
 /// Post event `i` under `id`, signed as GitHub would; never panics on a
 /// failed connection.
 fn send(agent: &ureq::Agent, url: &str, i: usize, id: &str) -> Answer {
     let body = body(i);
-    let mut req = http::Request::builder().method("POST").uri(url);
-    for (k, v) in signed_headers("github", SECRET, &body, id) {
-        req = req.header(k, v);
-    }
-    let req = req
-        .header("X-GitHub-Event", "push")
-        .header("Content-Type", "application/json")
-        .body(body)
-        .expect("request");
-    match agent.run(req) {
-        Ok(mut resp) => {
-            let status = resp.status().as_u16();
-            let text = resp.body_mut().read_to_string().unwrap_or_default();
-            Answer::Status(
-                status,
-                serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
-            )
-        }
-        Err(e) => Answer::Failed(e.to_string()),
+    match post_with(agent, url, &push_headers(SECRET, &body, id), &body) {
+        Ok(resp) => Answer::Status(resp.status, resp.json()),
+        Err(e) => Answer::Failed(e),
     }
 }
 

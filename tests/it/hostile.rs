@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::support::{Resp, Server, ServerOpts, as_refs, signed_headers, write};
+use crate::support::{Headers, Resp, Server, as_refs, push_headers, start_fresh, write};
 
 const SECRET: &str = "hostile-test-secret";
 /// How long a normal request may take while the server is under attack.
@@ -47,18 +47,9 @@ rules:
       - log: "hostile-fired[{{ event.id }}]"
 "#;
 
-type Headers = Vec<(String, String)>;
-
 /// A server on the rules above with its own data file.
 fn start(args: &[&str]) -> (TempDir, Server) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rules = write(dir.path(), "rules.yaml", RULES);
-    let mut opts = ServerOpts::new(&rules, &dir.path().join("data.redb"));
-    for a in args {
-        opts = opts.arg(a);
-    }
-    let server = opts.start();
-    (dir, server)
+    start_fresh(|dir| write(dir, "rules.yaml", RULES), |o| o.args(args))
 }
 
 fn push_body(note: &str) -> Vec<u8> {
@@ -69,10 +60,7 @@ fn push_body(note: &str) -> Vec<u8> {
 
 /// GitHub's headers for `body` under `id`, as a push with a JSON body.
 fn signed(body: &[u8], id: &str) -> Headers {
-    let mut h = signed_headers("github", SECRET, body, id);
-    h.push(("X-GitHub-Event".to_owned(), "push".to_owned()));
-    h.push(("Content-Type".to_owned(), "application/json".to_owned()));
-    h
+    push_headers(SECRET, body, id)
 }
 
 fn post(server: &Server, headers: &Headers, body: &[u8]) -> Resp {

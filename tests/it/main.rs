@@ -1,15 +1,51 @@
 //! Integration tests: the real binary, real HTTP, real processes.
+//!
+//! One file per behaviour:
+//!
+//! | behaviour | file |
+//! |---|---|
+//! | `check`: rule files, their errors and warnings, `--format json` | `check.rs` |
+//! | `test`: the dry run of one request against the rules | `dryrun.rs` |
+//! | `schema`: the JSON Schema of rule files, kept up to date | `schema.rs` |
+//! | `--help` and shell completions | `cli_help.rs` |
+//! | ingest: signed requests accepted and run, bad signatures refused, bad input | `serve.rs` |
+//! | deduplication: repeats answered `duplicate`, across restarts and prunes | `dedup.rs` |
+//! | every provider through the server: signatures, handshakes, rotation, skew, `sign` | `providers.rs` |
+//! | every provider against the published test vectors (no server) | `vectors.rs` |
+//! | fuzz seeds replayed, every provider fuzzed | `fuzz_seeds.rs` |
+//! | hostile clients: slow, flooding, huge, malformed, JSON bombs | `hostile.rs` |
+//! | actions: HTTP retries and signing, shell, `on_failure`, replay, concurrency | `actions.rs` |
+//! | a Standard Webhooks verifier written from the spec, used by `actions.rs` | `standard_verifier.rs` |
+//! | the bounded worker pool | `workers.rs` |
+//! | hot reload: watcher, SIGHUP, failed reloads | `reload.rs` |
+//! | the admin listener: probes, metrics, the token | `admin.rs` |
+//! | logs: secrets kept out, JSON lines carrying the event id | `logging.rs` |
+//! | retention: pruning, and the dedup window it keeps | `retention.rs` |
+//! | shutdown: draining on SIGTERM, the second signal | `shutdown.rs` |
+//! | `kill -9` right after a 202 and mid-burst | `crash.rs` |
+//! | `kill -9` during a stream of events, a few times over | `soak.rs` |
+//!
+//! Helpers shared by these files (starting the server, signed requests,
+//! the receiver that stands in for services) are in `support/`.
 
 mod actions;
+mod admin;
 mod check;
+mod cli_help;
 mod crash;
+mod dedup;
 mod dryrun;
 mod fuzz_seeds;
 mod hostile;
-mod operate;
+mod logging;
 mod providers;
+mod reload;
+mod retention;
 mod schema;
 mod serve;
+mod shutdown;
 mod soak;
 mod standard_verifier;
 mod support;
+mod vectors;
+mod workers;

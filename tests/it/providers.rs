@@ -20,11 +20,11 @@ use hookrouter::providers::{Algorithm, Encoding, HmacOptions, ProviderSettings, 
 use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
-use crate::support::{Resp, Server, as_refs, fixture, run, stderr, stdout, write};
+use crate::support::{
+    Headers, Resp, Server, as_refs, fixture, run, start_fresh, stderr, stdout, write,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-type Headers = Vec<(String, String)>;
 
 /// The public URLs configured on the `twilio` and `square` sources.
 const TWILIO_URL: &str = "https://hooks.example.com/twilio/sms?tenant=acme";
@@ -129,12 +129,7 @@ const WINDOWS: &[(&str, i64)] = &[
 // ---- server, clock, ids ----
 
 fn start() -> (TempDir, Server) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(
-        &fixture("providers/rules.yaml"),
-        &dir.path().join("data.redb"),
-    );
-    (dir, server)
+    start_fresh(|_| fixture("providers/rules.yaml"), |o| o)
 }
 
 // ---- secrets ----

@@ -5,6 +5,9 @@
 //! The rules in `tests/fixtures/serve/rules.yaml` log `<source>-fired[<id>]`
 //! for every event they run, so the log tells exactly which events ran and
 //! how often.
+//!
+//! Deduplication (repeats answered `duplicate`) is in `dedup.rs`, which
+//! shares this file's fixture and helpers.
 
 use crate::support::{now, unique};
 use std::io::{Read as _, Write as _};
@@ -15,31 +18,30 @@ use std::time::Duration;
 use hookrouter::providers::{Algorithm, Encoding, HmacOptions, ProviderSettings, Secret};
 use tempfile::TempDir;
 
-use crate::support::{Resp, Server, ServerOpts, as_refs, fixture, request, signed_headers};
+use crate::support::{
+    Headers, Resp, Server, ServerOpts, as_refs, fixture, push_body, push_headers as gh_headers,
+    request, signed_headers, start_fresh,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-const GH_SECRET: &str = "gh-test-secret";
-const STD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub(crate) const GH_SECRET: &str = "gh-test-secret";
+pub(crate) const STD_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const MAC_SECRET: &str = "mac-test-secret";
 const MACTS_SECRET: &str = "macts-test-secret";
 /// A valid Standard Webhooks key that is not the configured one.
 const OTHER_WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 
-type Headers = Vec<(String, String)>;
-
-fn rules() -> PathBuf {
+pub(crate) fn rules() -> PathBuf {
     fixture("serve/rules.yaml")
 }
 
 /// A server on the serve fixture with its own data file.
 fn start_with(opts: impl FnOnce(ServerOpts) -> ServerOpts) -> (TempDir, Server) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let server = opts(ServerOpts::new(&rules(), &dir.path().join("data.redb"))).start();
-    (dir, server)
+    start_fresh(|_| rules(), opts)
 }
 
-fn start() -> (TempDir, Server) {
+pub(crate) fn start() -> (TempDir, Server) {
     start_with(|o| o)
 }
 
@@ -64,28 +66,7 @@ fn without(headers: Headers, name: &str) -> Headers {
 
 // ---- bodies and signatures, per provider ----
 
-fn push_body(git_ref: &str, note: &str) -> Vec<u8> {
-    serde_json::json!({
-        "ref": git_ref,
-        "after": "0123456789abcdef0123456789abcdef01234567",
-        "repository": { "full_name": "acme/api" },
-        "note": note,
-    })
-    .to_string()
-    .into_bytes()
-}
-
-fn gh_headers(secret: &str, body: &[u8], id: &str) -> Headers {
-    with(
-        signed_headers("github", secret, body, id),
-        &[
-            ("X-GitHub-Event", "push"),
-            ("Content-Type", "application/json"),
-        ],
-    )
-}
-
-fn order_body(note: &str) -> Vec<u8> {
+pub(crate) fn order_body(note: &str) -> Vec<u8> {
     serde_json::json!({ "type": "order.created", "data": { "id": "ord_1", "note": note } })
         .to_string()
         .into_bytes()
@@ -102,7 +83,7 @@ fn std_headers_at(secret: &str, body: &[u8], id: &str, at: i64) -> Headers {
     with(signed, &[("Content-Type", "application/json")])
 }
 
-fn std_headers(secret: &str, body: &[u8], id: &str) -> Headers {
+pub(crate) fn std_headers(secret: &str, body: &[u8], id: &str) -> Headers {
     std_headers_at(secret, body, id, now())
 }
 
@@ -144,15 +125,15 @@ fn macts_headers(secret: &str, body: &[u8], id: &str) -> Headers {
 
 // ---- assertions ----
 
-fn post(server: &Server, path: &str, headers: &Headers, body: &[u8]) -> Resp {
+pub(crate) fn post(server: &Server, path: &str, headers: &Headers, body: &[u8]) -> Resp {
     server.post(path, &as_refs(headers), body)
 }
 
-fn fired(prefix: &str, id: &str) -> String {
+pub(crate) fn fired(prefix: &str, id: &str) -> String {
     format!("{prefix}-fired[{id}]")
 }
 
-fn count(log: &str, needle: &str) -> usize {
+pub(crate) fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
 
@@ -162,7 +143,7 @@ fn assert_status(resp: &Resp, status: u16, what: &str) {
 }
 
 #[track_caller]
-fn assert_accepted(resp: &Resp, id: &str) {
+pub(crate) fn assert_accepted(resp: &Resp, id: &str) {
     assert_eq!(resp.status, 202, "expected 202 for {id}: {resp:?}");
     let json = resp.json();
     assert_eq!(json["status"], "accepted", "{resp:?}");
@@ -170,7 +151,7 @@ fn assert_accepted(resp: &Resp, id: &str) {
 }
 
 #[track_caller]
-fn assert_duplicate(resp: &Resp, id: &str) {
+pub(crate) fn assert_duplicate(resp: &Resp, id: &str) {
     assert_eq!(
         resp.status, 200,
         "expected 200 duplicate for {id}: {resp:?}"
@@ -180,7 +161,7 @@ fn assert_duplicate(resp: &Resp, id: &str) {
 
 /// Wait for `prefix-fired[id]` to appear; it must appear exactly once.
 #[track_caller]
-fn assert_fired_once(server: &Server, prefix: &str, id: &str) {
+pub(crate) fn assert_fired_once(server: &Server, prefix: &str, id: &str) {
     let needle = fired(prefix, id);
     assert!(
         server.wait_log(&needle, 1, WAIT),
@@ -548,110 +529,6 @@ fn missing_signature_header_is_401_and_nothing_is_kept() {
         "hmac without timestamp",
     );
     assert_nothing_kept(&server, "/hooks/macts", "macts", (&good, &body), &id);
-}
-
-// ---- duplicates ----
-
-#[test]
-fn duplicate_is_200_and_does_not_run_again() {
-    let (_dir, server) = start();
-    let id = unique("gh-dup");
-    let body = push_body("refs/heads/main", "once");
-    let headers = gh_headers(GH_SECRET, &body, &id);
-    assert_accepted(&post(&server, "/hooks/gh", &headers, &body), &id);
-    assert_fired_once(&server, "gh", &id);
-    for _ in 0..3 {
-        assert_duplicate(&post(&server, "/hooks/gh", &headers, &body), &id);
-    }
-    // The delivery id decides, not the body: a retry with a fresh signature
-    // over a different body is the same event.
-    let other_body = push_body("refs/heads/main", "retried");
-    let resp = post(
-        &server,
-        "/hooks/gh",
-        &gh_headers(GH_SECRET, &other_body, &id),
-        &other_body,
-    );
-    assert_duplicate(&resp, &id);
-
-    // Standard Webhooks: the webhook-id decides.
-    let std_id = unique("msg_std-dup");
-    let body = order_body("once");
-    assert_accepted(
-        &post(
-            &server,
-            "/hooks/std",
-            &std_headers(STD_SECRET, &body, &std_id),
-            &body,
-        ),
-        &std_id,
-    );
-    assert_fired_once(&server, "std", &std_id);
-    assert_duplicate(
-        &post(
-            &server,
-            "/hooks/std",
-            &std_headers(STD_SECRET, &body, &std_id),
-            &body,
-        ),
-        &std_id,
-    );
-
-    // A later event runs; the duplicates, queued before it, did not.
-    let marker = unique("gh-marker");
-    let body = push_body("refs/heads/main", "marker");
-    assert_accepted(
-        &post(
-            &server,
-            "/hooks/gh",
-            &gh_headers(GH_SECRET, &body, &marker),
-            &body,
-        ),
-        &marker,
-    );
-    assert_fired_once(&server, "gh", &marker);
-    let log = server.log();
-    assert_eq!(count(&log, &fired("gh", &id)), 1, "{log}");
-    assert_eq!(count(&log, &fired("std", &std_id)), 1, "{log}");
-}
-
-#[test]
-fn duplicate_after_restart_is_200_and_does_not_run_again() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let data = dir.path().join("data.redb");
-    let id = unique("gh-dup-restart");
-    let body = push_body("refs/heads/main", "once");
-    let headers = gh_headers(GH_SECRET, &body, &id);
-
-    let mut first = Server::start(&rules(), &data);
-    assert_accepted(&post(&first, "/hooks/gh", &headers, &body), &id);
-    assert_fired_once(&first, "gh", &id);
-    let status = first.terminate().expect("the server exits on SIGTERM");
-    assert!(
-        status.success(),
-        "exit status {status:?}; log:\n{}",
-        first.log()
-    );
-
-    let second = Server::start(&rules(), &data);
-    assert_duplicate(&post(&second, "/hooks/gh", &headers, &body), &id);
-    let marker = unique("gh-marker");
-    let marker_body = push_body("refs/heads/main", "marker");
-    let resp = post(
-        &second,
-        "/hooks/gh",
-        &gh_headers(GH_SECRET, &marker_body, &marker),
-        &marker_body,
-    );
-    assert_accepted(&resp, &marker);
-    assert_fired_once(&second, "gh", &marker);
-    let log = second.log();
-    assert_eq!(
-        count(&log, &fired("gh", &id)),
-        0,
-        "ran again after the restart:\n{log}"
-    );
-    assert_eq!(count(&first.log(), &fired("gh", &id)), 1);
 }
 
 // ---- bad input ----

@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 
 use rand::Rng as _;
 
-use crate::support::{Receiver, Server, signed_headers, wait_until, write};
+use crate::support::{
+    Receiver, Server, agent_with_timeout, post_with, push_headers, received_counts as delivered,
+    wait_until, write,
+};
 
 const SECRET: &str = "soak-test-secret";
 const EVENTS: usize = 400;
@@ -65,11 +68,7 @@ struct Sent {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
+    agent_with_timeout(Duration::from_secs(10))
 }
 
 /// Post event `id` to `url`; `None` when no answer came.
@@ -77,16 +76,9 @@ fn send(agent: &ureq::Agent, url: &str, id: &str) -> Option<u16> {
     let body = serde_json::json!({ "ref": "refs/heads/main", "id": id })
         .to_string()
         .into_bytes();
-    let mut req = http::Request::builder().method("POST").uri(url);
-    for (k, v) in signed_headers("github", SECRET, &body, id) {
-        req = req.header(k, v);
-    }
-    let req = req
-        .header("X-GitHub-Event", "push")
-        .header("Content-Type", "application/json")
-        .body(body)
-        .expect("request");
-    agent.run(req).ok().map(|r| r.status().as_u16())
+    post_with(agent, url, &push_headers(SECRET, &body, id), &body)
+        .ok()
+        .map(|r| r.status)
 }
 
 /// Send events `t, t + SENDERS, …` each until it is answered 2xx, to
@@ -122,18 +114,6 @@ fn sender(t: usize, url: Arc<Mutex<String>>, acked: Arc<AtomicUsize>) -> Sent {
         }
     }
     sent
-}
-
-/// The ids the receiver got, with how often each came.
-fn delivered(receiver: &Receiver) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in receiver.requests() {
-        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
-        if let Some(id) = v["id"].as_str() {
-            *out.entry(id.to_owned()).or_default() += 1;
-        }
-    }
-    out
 }
 
 #[test]
