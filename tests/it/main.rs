@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real HTTP, real processes.
 
 mod actions;
+mod admin_guard;
 mod check;
 mod crash;
 mod dryrun;
