@@ -19,6 +19,7 @@
 //! | the bounded worker pool | `workers.rs` |
 //! | hot reload: watcher, SIGHUP, failed reloads | `reload.rs` |
 //! | the admin listener: probes, metrics, the token | `admin.rs` |
+//! | the admin listener answers only its own names; cross-site writes refused | `admin_guard.rs` |
 //! | logs: secrets kept out, JSON lines carrying the event id | `logging.rs` |
 //! | retention: pruning, and the dedup window it keeps | `retention.rs` |
 //! | shutdown: draining on SIGTERM, the second signal | `shutdown.rs` |
@@ -30,6 +31,7 @@
 
 mod actions;
 mod admin;
+mod admin_guard;
 mod check;
 mod cli_help;
 mod crash;
