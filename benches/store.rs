@@ -73,7 +73,7 @@ enum Path {
 }
 
 fn now_ms() -> u64 {
-    hookrouter::ingest::unix_ms(std::time::SystemTime::now())
+    hookrouter::clock::unix_ms(std::time::SystemTime::now())
 }
 
 async fn run(path: Path, tasks: u64, secs: u64) -> f64 {

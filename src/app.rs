@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, Admin};
 use crate::admin_guard::Guard;
 use crate::cli::{LogFormat, ServeArgs};
+use crate::clock;
 use crate::config;
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
@@ -99,12 +100,7 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
         None => None,
     };
     let metrics = Arc::new(Metrics::new());
-    metrics.record_reload(
-        true,
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX)),
-    );
+    metrics.record_reload(true, clock::now_secs());
     let reload_status = Arc::new(ReloadStatus::default());
     let rules = Arc::new(ArcSwap::from_pointee(loaded.rules));
 
@@ -199,7 +195,7 @@ async fn prune_loop(store: Store, retention: std::time::Duration, shutdown: Canc
             () = shutdown.cancelled() => break,
             () = tokio::time::sleep(every) => {}
         }
-        let now = crate::ingest::unix_ms(std::time::SystemTime::now());
+        let now = clock::now_ms();
         match store.prune(now, keep_ms).await {
             Ok(stats) if stats.events > 0 || stats.dedup_keys > 0 => {
                 tracing::info!(

@@ -407,9 +407,7 @@ fn sign(args: &SignArgs) -> ExitCode {
         secrets: vec![crate::providers::Secret::new(args.secret.clone())],
         ..Default::default()
     };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = crate::clock::now_secs();
     match crate::providers::sign(&args.provider, &settings, &body, &args.id, now, &args.url) {
         Ok(headers) => {
             for (k, v) in headers {

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::actions::render::{self, Rendered};
 use crate::actions::{self, Outcome, Verdict};
-use crate::ingest::unix_ms;
+use crate::clock::unix_ms;
 use crate::metrics::Metrics;
 use crate::rules::{Action, ActionKind, RetryPolicy, Rule, RuleSet};
 use crate::store::{Attempt, FailureContext, Leased, NewDelivery, Next, Store};

@@ -95,9 +95,7 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
         .source(&req.source)
         .ok_or_else(|| DryRunError::UnknownSource(req.source.clone()))?;
     let now = SystemTime::now();
-    let unix = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let unix = crate::clock::unix_secs(now);
     let url = source
         .url
         .clone()

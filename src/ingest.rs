@@ -5,11 +5,12 @@
 //! It does not speak HTTP (the server maps outcomes to status codes) and does
 //! not run anything (the dispatcher does, from the store).
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use std::sync::Arc;
 
 use crate::actions::render;
+use crate::clock;
 use crate::dispatch::{Claim, Dispatcher};
 use crate::event::Event;
 use crate::providers::Verified;
@@ -32,11 +33,6 @@ pub enum Outcome {
         id: String,
         key: String,
     },
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// The event-level dedup key: the same event id from the same source.
@@ -113,7 +109,7 @@ pub async fn ingest(
 ) -> Result<Outcome, StoreError> {
     let event = event.into_inner();
     let (deliveries, matched) = plan(set, &event, None);
-    let now = unix_ms(SystemTime::now());
+    let now = clock::now_ms();
     let window = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
     let id = event.id.clone();
     let n = deliveries.len();

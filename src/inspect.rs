@@ -264,8 +264,7 @@ fn event_detail_table(v: &Value) -> String {
 }
 
 fn fmt_ms(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    humantime::format_rfc3339_seconds(t).to_string()
+    humantime::format_rfc3339_seconds(crate::clock::from_unix_ms(ms)).to_string()
 }
 
 fn deliveries_table(list: &[Value]) -> String {

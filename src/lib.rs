@@ -19,6 +19,7 @@ pub mod admin_guard;
 pub mod app;
 pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod condition;
 pub mod config;
 pub mod dispatch;

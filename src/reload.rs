@@ -91,9 +91,7 @@ impl Reloader {
     pub async fn reload(&self, why: &str) -> bool {
         let paths = self.paths.clone();
         let result = tokio::task::spawn_blocking(move || config::load(&paths)).await;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now = crate::clock::now_secs();
         match result {
             Ok(Ok(loaded)) => {
                 for w in &loaded.warnings {

@@ -233,7 +233,7 @@ async fn respond(
         url: &url,
         headers: &parts.headers,
         body: &bytes,
-        now: i64::try_from(ingest::unix_ms(received_at) / 1000).unwrap_or(i64::MAX),
+        now: crate::clock::unix_secs(received_at),
     };
     let query = envelope::query(parts.uri.query());
     let admission = admit(source, &raw, query, received_at);

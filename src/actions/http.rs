@@ -5,7 +5,7 @@
 //! policy: 2xx succeeds; connection errors, timeouts, 408, 429 and 5xx are
 //! retried (with `Retry-After` honoured); any other status is final.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use super::Outcome;
 use super::render::HttpRequest;
@@ -63,9 +63,7 @@ pub async fn send(
         builder = builder.header(k, v);
     }
     if let Some(key) = sign {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let now = crate::clock::now_secs();
         let body = req.body.as_deref().unwrap_or_default();
         for (k, v) in standard_signature(key, msg_id, now, body) {
             builder = builder.header(k, v);

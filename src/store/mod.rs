@@ -164,7 +164,7 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
-        let pending = writer::prepare(&db, writer::now_ms())?;
+        let pending = writer::prepare(&db, crate::clock::now_ms())?;
         let db = Arc::new(db);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);

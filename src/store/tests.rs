@@ -487,14 +487,14 @@ async fn leased_deliveries_come_back_after_reopen() {
         assert_eq!(leased.len(), 2);
         ids
     };
-    let before = writer::now_ms();
+    let before = crate::clock::now_ms();
     let store = open(dir.path());
     let d = depth(&store);
     assert_eq!((d.pending, d.leased), (2, 0));
     let due = store.next_due_ms().expect("next").expect("something due");
     assert!(due >= before);
     let again = store
-        .lease_due(writer::now_ms(), 10, LEASE)
+        .lease_due(crate::clock::now_ms(), 10, LEASE)
         .await
         .expect("lease");
     let got: Vec<DeliveryId> = again.iter().map(|l| l.delivery.id).collect();
@@ -573,7 +573,7 @@ async fn replay_creates_new_pending_deliveries() {
     assert_eq!(detail.deliveries[1].record.state, DeliveryState::Pending);
     assert_eq!(depth(&store).pending, 1);
     let leased = store
-        .lease_due(writer::now_ms(), 10, LEASE)
+        .lease_due(crate::clock::now_ms(), 10, LEASE)
         .await
         .expect("lease");
     assert_eq!(leased.len(), 1);
@@ -1007,7 +1007,7 @@ async fn an_event_lists_its_first_and_later_deliveries() {
     assert_eq!(summary[0].deliveries.pending, 3);
 
     // The replayed delivery is due at the real clock.
-    run_all(&store, writer::now_ms(), "ok", Next::Done).await;
+    run_all(&store, crate::clock::now_ms(), "ok", Next::Done).await;
     let stats = store.prune(1_000 + WINDOW, 0).await.expect("prune");
     assert_eq!((stats.events, stats.deliveries), (2, 4));
     assert_eq!(rows(&store, schema::EVENT_DELIVERIES), 0);

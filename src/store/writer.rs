@@ -24,11 +24,12 @@ use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::clock::{self, now_ms};
 
 use super::StoreError;
 use super::schema::{
@@ -174,15 +175,6 @@ impl Counters {
     }
 }
 
-/// Unix time in ms from the system clock, for timestamps the callers do not
-/// supply (replay and follow-up deliveries, lease recovery on open).
-pub(super) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 /// Event keys: ULIDs whose timestamp is the receive time, monotonic within
 /// this process so keys sort in commit order even within one millisecond.
 /// `list_events` pages by key and `prune` range-scans by key.
@@ -194,7 +186,7 @@ impl KeyGen {
     }
 
     fn next(&mut self, ms: u64) -> String {
-        let at = UNIX_EPOCH + Duration::from_millis(ms);
+        let at = clock::from_unix_ms(ms);
         match self.0.generate_from_datetime(at) {
             Ok(u) => u.to_string(),
             // Only after 2^80 keys in one millisecond; a random ULID is still unique.
