@@ -116,7 +116,7 @@ fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
 }
 
 fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    crate::envelope::query(req.uri().query())
+    crate::providers::envelope::query(req.uri().query())
 }
 
 async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>) -> Resp {

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::actions::render::{self, Rendered};
 use crate::body;
-use crate::envelope;
 use crate::event::{Event, RawRequest};
+use crate::providers::envelope;
 use crate::rules::{Action, RuleSet, RuleTest};
 
 /// The request to try.

@@ -34,12 +34,11 @@ use crate::body as body_mod;
 use crate::condition::{self as cond, Condition, Op, PathCondition};
 use crate::config::node::{Kind, Node};
 use crate::config::{self, compile};
-use crate::envelope;
 use crate::event::{Event, RawRequest};
 use crate::providers::{
-    self, Algorithm, Encoding, HmacOptions, Provider, ProviderSettings, Secret,
+    self, Algorithm, Encoding, Extractor, HmacOptions, Provider, ProviderSettings, Secret, envelope,
 };
-use crate::rules::{EventPattern, Extractor, RuleSet};
+use crate::rules::{EventPattern, RuleSet};
 use crate::template::{JsonTemplate, Template, Templates};
 
 /// The clock every fuzzed request is judged at.

@@ -24,7 +24,6 @@ pub mod condition;
 pub mod config;
 pub mod dispatch;
 pub mod dryrun;
-pub mod envelope;
 pub mod event;
 pub mod fuzzing;
 pub mod ingest;

@@ -1,7 +1,7 @@
 //! The compiled, immutable rule set: the contract between loading and serving.
 //!
-//! Owns `RuleSet` and everything in it (sources, rules, actions, retry
-//! policies) and the index that routes an event to the few rules that can
+//! Owns `RuleSet` and everything in it (rules, actions, retry policies, and
+//! the sources, whose type lives in `providers::source`) and the index that routes an event to the few rules that can
 //! match it by source and event type, before any condition is evaluated.
 //! Nothing here is deserialized: values only come from `config::compile`, so a
 //! `RuleSet` that exists is valid.
@@ -11,76 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use globset::GlobMatcher;
-use jsonpath_rust::parser::model::JpQuery;
 use serde_json::Value;
 
 use crate::condition::Condition;
 use crate::event::Event;
-use crate::providers::{Provider, Secret};
+use crate::providers::{Origin, Secret, Source};
 use crate::template::{JsonTemplate, Template, Templates};
-
-/// Where a definition was written, for messages about it at run time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Origin {
-    pub file: PathBuf,
-    pub line: u32,
-    pub column: u32,
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}", self.file.display(), self.line, self.column)
-    }
-}
-
-/// Where a source reads its event type or id from, overriding the provider.
-#[derive(Debug, Clone)]
-pub enum Extractor {
-    /// A header, by lowercase name.
-    Header(String),
-    /// The first value a JSONPath selects in the body.
-    Path(JpQuery),
-}
-
-impl Extractor {
-    pub fn extract(&self, headers: &http::HeaderMap, body: &Value) -> Option<String> {
-        match self {
-            Extractor::Header(name) => headers
-                .get(name.as_str())
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            Extractor::Path(q) => jsonpath_rust::query::js_path_process(q, body)
-                .ok()?
-                .into_iter()
-                .next()
-                .and_then(|r| scalar_text(r.val())),
-        }
-    }
-}
-
-/// A scalar's text; objects, arrays and null have none.
-pub fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-/// A webhook sender.
-#[derive(Debug)]
-pub struct Source {
-    pub name: String,
-    pub provider: Box<dyn Provider>,
-    /// The request path it is served at.
-    pub path: String,
-    /// The public URL (Twilio, Square); `None` means Host + path.
-    pub url: Option<String>,
-    pub event_type: Option<Extractor>,
-    pub event_id: Option<Extractor>,
-    pub origin: Origin,
-}
 
 /// Which sources a rule listens to.
 #[derive(Debug, Clone, PartialEq, Eq)]

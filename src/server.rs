@@ -28,12 +28,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::body::BodyError;
 use crate::dispatch::Dispatcher;
-use crate::envelope;
 use crate::event::RawRequest;
 use crate::ingest::{self, Outcome};
 use crate::metrics::Metrics;
+use crate::providers::Source;
+use crate::providers::envelope;
 use crate::providers::{Admission, AdmitError, admit};
-use crate::rules::{RuleSet, Source};
+use crate::rules::RuleSet;
 use crate::store::Store;
 
 /// Limits of the ingress listener.

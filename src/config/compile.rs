@@ -21,10 +21,12 @@ use super::raw::{
     ActionConfig, FileConfig, HttpConfig, RetryConfig, RuleConfig, SourceConfig, TestConfig,
 };
 use crate::condition::{self, Condition, Op, PathCondition};
-use crate::providers::{self, Algorithm, Encoding, HmacOptions, ProviderSettings, Secret};
+use crate::providers::{
+    self, Algorithm, Encoding, Extractor, HmacOptions, Origin, ProviderSettings, Secret, Source,
+};
 use crate::rules::{
-    Action, ActionKind, EventPattern, Extractor, HttpAction, HttpBody, Origin, RetryPolicy, Rule,
-    RuleSet, RuleTest, ShellAction, SigningKey, Source, SourceSel,
+    Action, ActionKind, EventPattern, HttpAction, HttpBody, RetryPolicy, Rule, RuleSet, RuleTest,
+    ShellAction, SigningKey, SourceSel,
 };
 use crate::template::{JsonTemplate, Template, Templates};
 

@@ -9,11 +9,11 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
+use super::Source;
+use super::envelope;
 use super::{Handshake, Verified, VerifyError};
 use crate::body::{self, BodyError};
-use crate::envelope;
 use crate::event::{Event, RawRequest};
-use crate::rules::Source;
 
 /// What a request that passed verification turned out to be.
 #[derive(Debug)]

@@ -4,7 +4,9 @@
 //! adapter, the `Verified` proof type, and the signing entry point used by
 //! `hookrouter sign` and tests. The shared HMAC/encoding helpers live in
 //! `common`. Each adapter lives in its own file; adding a provider means one
-//! new file and one line in `REGISTRY`.
+//! new file and one line in `REGISTRY`. Around the adapters: `source` (a
+//! configured sender), `admit` (the order of the checks, the only maker of
+//! `Verified`) and `envelope` (the event built from a verified request).
 //!
 //! Does not own body parsing, routing or storage: an adapter only verifies,
 //! answers handshakes and names the event's type and id.
@@ -24,6 +26,7 @@
 mod admit;
 mod common;
 mod discord;
+pub mod envelope;
 mod generic;
 mod github;
 mod gitlab;
@@ -34,6 +37,7 @@ mod paddle;
 mod pagerduty;
 mod shopify;
 mod slack;
+mod source;
 mod square;
 mod standard;
 mod stripe;
@@ -41,6 +45,7 @@ mod twilio;
 mod zoom;
 
 pub use admit::{Admission, AdmitError, admit};
+pub use source::{Extractor, Origin, Source};
 pub use standard::sign_v1 as standard_signature_v1;
 
 use std::fmt;
