@@ -5,8 +5,9 @@
 //! state-changing one is not from another site); then `/healthz` and
 //! `/readyz` are open (load balancers probe them); `/metrics` and `/api/*`
 //! need `Authorization: Bearer <token>` when `--admin-token` is set. The
-//! API reads and replays through the store's narrow contract and never shows
-//! a secret: configured secrets are redacted from every answer.
+//! API reads through the store's narrow contract, replays and lists
+//! deliveries through `ops` (as the command line does), and never shows a
+//! secret: configured secrets are redacted from every answer.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -28,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin_guard::Guard;
-use crate::ingest;
 use crate::metrics::Metrics;
+use crate::ops::{self, DeliveryFilter, ReplayError};
 use crate::reload::ReloadStatus;
 use crate::rules::RuleSet;
-use crate::store::{DeliveryRecord, DeliveryState, NewDelivery, Store, StoreError};
+use crate::store::Store;
 
 /// Everything the admin routes read.
 pub struct Admin {
@@ -172,13 +173,13 @@ async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>
             };
             admin
                 .store
-                .read(move |s| list_deliveries(s, filter, limit))
+                .read(move |s| ops::list_deliveries(s, filter, limit))
                 .await
                 .map(|d| json!({ "deliveries": d }))
         }
         ("POST", ["api", "replay", key]) => {
             let set = admin.rules.load_full();
-            match replay(
+            match ops::replay(
                 Some(&set),
                 &admin.store,
                 key,
@@ -261,131 +262,4 @@ async fn metrics(admin: &Admin) -> Resp {
         ),
     );
     resp
-}
-
-/// Why a replay did nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
-    #[error("no such event")]
-    NotFound,
-    #[error("nothing to replay")]
-    Nothing,
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// Create fresh deliveries for an event: one per (rule, action) it had, or,
-/// when it had none, the ones the current rules give it. `only_rule`
-/// restricts the replay to one rule. Dedup keys are ignored.
-///
-/// # Errors
-/// An unknown event, nothing to replay, or a store failure.
-pub async fn replay(
-    set: Option<&RuleSet>,
-    store: &Store,
-    key: &str,
-    only_rule: Option<&str>,
-) -> Result<Vec<u64>, ReplayError> {
-    let owned = key.to_owned();
-    let detail = store
-        .read(move |s| s.get_event(&owned))
-        .await?
-        .ok_or(ReplayError::NotFound)?;
-    let mut pairs: Vec<(String, u32)> = detail
-        .deliveries
-        .iter()
-        .filter(|d| d.record.on_failure.is_none())
-        .map(|d| (d.record.rule.clone(), d.record.action))
-        .collect();
-    pairs.sort();
-    pairs.dedup();
-    let mut deliveries: Vec<NewDelivery> = pairs
-        .into_iter()
-        .filter(|(rule, _)| only_rule.is_none_or(|r| r == rule))
-        .filter_map(|(rule, action)| {
-            // Under the running rules, only actions that still exist; from
-            // the data file alone, what was recorded.
-            let kind = match set {
-                Some(set) => set
-                    .rule(&rule)?
-                    .actions
-                    .get(action as usize)?
-                    .kind
-                    .name()
-                    .to_owned(),
-                None => detail
-                    .deliveries
-                    .iter()
-                    .find(|d| d.record.rule == rule && d.record.action == action)
-                    .map(|d| d.record.kind.clone())?,
-            };
-            Some(NewDelivery {
-                kind,
-                rule,
-                action,
-                dedup_key: None,
-                on_failure: None,
-            })
-        })
-        .collect();
-    if let (Some(set), true) = (set, deliveries.is_empty() && detail.deliveries.is_empty()) {
-        deliveries = ingest::plan(set, &detail.event, only_rule).0;
-        for d in &mut deliveries {
-            d.dedup_key = None;
-        }
-    }
-    if deliveries.is_empty() {
-        return Err(ReplayError::Nothing);
-    }
-    Ok(store.replay(key, deliveries).await?)
-}
-
-/// Which deliveries to list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeliveryFilter {
-    All,
-    State(DeliveryState),
-    /// Whose last attempt failed: retrying (pending with an error) or dead.
-    Failed,
-}
-
-impl DeliveryFilter {
-    /// `pending`, `leased`, `done`, `dead` or `failed`.
-    ///
-    /// # Errors
-    /// Any other word, as a message.
-    pub fn parse(s: &str) -> Result<DeliveryFilter, String> {
-        if s.eq_ignore_ascii_case("failed") {
-            return Ok(DeliveryFilter::Failed);
-        }
-        s.parse::<DeliveryState>()
-            .map(DeliveryFilter::State)
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// List deliveries, newest first for final states. Blocking.
-///
-/// # Errors
-/// The store's error.
-pub fn list_deliveries(
-    store: &Store,
-    filter: DeliveryFilter,
-    limit: usize,
-) -> Result<Vec<DeliveryRecord>, StoreError> {
-    match filter {
-        DeliveryFilter::All => store.list_deliveries(None, limit),
-        DeliveryFilter::State(s) => store.list_deliveries(Some(s), limit),
-        DeliveryFilter::Failed => {
-            let mut out: Vec<DeliveryRecord> = store
-                .list_deliveries(Some(DeliveryState::Pending), usize::MAX)?
-                .into_iter()
-                .filter(|d| d.last_error.is_some())
-                .collect();
-            out.extend(store.list_deliveries(Some(DeliveryState::Dead), limit)?);
-            out.sort_by_key(|d| std::cmp::Reverse(d.id));
-            out.truncate(limit);
-            Ok(out)
-        }
-    }
 }

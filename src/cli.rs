@@ -1,20 +1,19 @@
-//! The command line: flags, subcommands, output and exit codes.
+//! The command line: clap's definitions and the dispatch to `cmd::*`.
 //!
-//! Owns clap's definitions and the mapping of every outcome to an exit code:
-//! 0 ok, 1 invalid rules or a failed check, 2 usage or I/O error. Each
-//! subcommand's work lives in its own module; this one only parses, calls
-//! and prints.
+//! Owns the flags, their environment variables and defaults, and the help
+//! text. Each subcommand's work, output and exit code (0 ok, 1 invalid rules
+//! or a failed check, 2 usage or I/O error) live in its file under `cmd/`;
+//! this module turns parsed arguments into that command's plain options and
+//! calls it. Nothing else in the crate imports it.
 
-use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-use crate::admin::DeliveryFilter;
-use crate::config::{self, Diagnostics};
-use crate::dryrun;
-use crate::inspect;
+use crate::admin_guard::Authority;
+use crate::cmd::{self, OutputFormat, check, inspect, serve, sign, test};
+use crate::telemetry::LogFormat;
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -244,7 +243,7 @@ pub struct ServeArgs {
         env = "HOOKROUTER_ADMIN_HOST",
         value_delimiter = ','
     )]
-    pub admin_hosts: Vec<crate::admin_guard::Authority>,
+    pub admin_hosts: Vec<Authority>,
     /// Log format.
     #[arg(
         long,
@@ -302,18 +301,6 @@ pub struct ServeArgs {
     pub workers: usize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
@@ -350,35 +337,71 @@ pub struct TestArgs {
     pub format: OutputFormat,
 }
 
+impl ServeArgs {
+    fn config(self) -> serve::Config {
+        serve::Config {
+            rules: self.rules.rules,
+            listen: self.listen,
+            data: self.data,
+            admin: self.admin,
+            admin_token: self.admin_token,
+            admin_hosts: self.admin_hosts,
+            log_format: self.log_format,
+            log_level: self.log_level,
+            grace: self.grace,
+            max_body: self.max_body,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+            dedup_window: self.dedup_window,
+            retention: self.retention,
+            workers: self.workers,
+        }
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     match command {
-        Command::Serve(args) => serve(&args),
-        Command::Check(args) => check(&args),
-        Command::Test(args) => test(&args),
+        Command::Serve(a) => serve::run(&a.config()),
+        Command::Check(a) => check::run(&check::Options {
+            rules: a.rules.rules,
+            format: a.format,
+            deny_warnings: a.deny_warnings,
+        }),
+        Command::Test(a) => test::run(&test::Options {
+            rules: a.rules.rules,
+            source: a.source,
+            body: a.body,
+            headers: a.headers,
+            query: a.query,
+            verify: a.verify,
+            format: a.format,
+        }),
         Command::Events(a) => {
             inspect::events(&a.store.target(), a.key.as_deref(), a.limit, a.store.json)
         }
-        Command::Deliveries(a) => {
-            let filter = if a.failed {
-                DeliveryFilter::Failed
-            } else {
-                match a.state.as_deref().map(DeliveryFilter::parse) {
-                    None => DeliveryFilter::All,
-                    Some(Ok(f)) => f,
-                    Some(Err(e)) => return usage_error(&e),
-                }
-            };
-            inspect::deliveries(&a.store.target(), filter, a.limit, a.store.json)
-        }
+        Command::Deliveries(a) => inspect::deliveries(
+            &a.store.target(),
+            a.failed,
+            a.state.as_deref(),
+            a.limit,
+            a.store.json,
+        ),
         Command::Replay(a) => {
             inspect::replay(&a.store.target(), &a.key, a.rule.as_deref(), a.store.json)
         }
-        Command::Sign(a) => sign(&a),
+        Command::Sign(a) => sign::run(&sign::Options {
+            provider: a.provider,
+            secret: a.secret,
+            body: a.body,
+            id: a.id,
+            url: a.url,
+        }),
         Command::Schema => {
-            println!("{}", schema_json());
+            println!("{}", cmd::schema_json());
             ExitCode::SUCCESS
         }
         Command::Completions { shell } => {
@@ -387,228 +410,4 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
-}
-
-fn read_body(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    if path.as_os_str() == "-" {
-        let mut buf = Vec::new();
-        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
-    } else {
-        std::fs::read(path)
-    }
-}
-
-fn sign(args: &SignArgs) -> ExitCode {
-    let body = match read_body(&args.body) {
-        Ok(b) => b,
-        Err(e) => return usage_error(&format!("cannot read {}: {e}", args.body.display())),
-    };
-    let settings = crate::providers::ProviderSettings {
-        secrets: vec![crate::providers::Secret::new(args.secret.clone())],
-        ..Default::default()
-    };
-    let now = crate::clock::now_secs();
-    match crate::providers::sign(&args.provider, &settings, &body, &args.id, now, &args.url) {
-        Ok(headers) => {
-            for (k, v) in headers {
-                println!("{k}: {v}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => usage_error(&e),
-    }
-}
-
-/// The JSON Schema of a rule file, as committed in `schemas/`.
-pub fn schema_json() -> String {
-    let schema = schemars::schema_for!(config::raw::FileConfig);
-    serde_json::to_string_pretty(&schema).unwrap_or_default()
-}
-
-fn usage_error(msg: &str) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(2)
-}
-
-fn require_rules(r: &RulesArg) -> Result<(), ExitCode> {
-    if r.rules.is_empty() {
-        return Err(usage_error(
-            "no rules given: pass --rules PATH (a file or a folder) or set HOOKROUTER_RULES",
-        ));
-    }
-    if let Some(missing) = r.rules.iter().find(|p| !p.exists()) {
-        return Err(usage_error(&format!(
-            "--rules {}: no such file or directory",
-            missing.display()
-        )));
-    }
-    Ok(())
-}
-
-fn plural(n: usize, word: &str) -> String {
-    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
-}
-
-fn print_diagnostics(d: &Diagnostics, format: OutputFormat) {
-    match format {
-        OutputFormat::Text => {
-            eprint!("{}", d.render_text());
-            if d.has_errors() {
-                let n = d.errors.len();
-                eprintln!("{n} error{}", if n == 1 { "" } else { "s" });
-            }
-        }
-        OutputFormat::Json => {
-            let out = serde_json::json!({
-                "ok": false,
-                "errors": d.errors,
-                "warnings": d.warnings,
-            });
-            println!("{out}");
-        }
-    }
-}
-
-fn check(args: &CheckArgs) -> ExitCode {
-    if let Err(code) = require_rules(&args.rules) {
-        return code;
-    }
-    let loaded = match config::load(&args.rules.rules) {
-        Ok(l) => l,
-        Err(d) => {
-            print_diagnostics(&d, args.format);
-            return ExitCode::from(1);
-        }
-    };
-    let outcomes = dryrun::run_tests(&loaded.rules);
-    let failed = outcomes.iter().filter(|o| !o.passed).count();
-    let warned = !loaded.warnings.is_empty();
-    let ok = failed == 0 && !(args.deny_warnings && warned);
-    match args.format {
-        OutputFormat::Json => {
-            let out = serde_json::json!({
-                "ok": ok,
-                "errors": [],
-                "warnings": loaded.warnings,
-                "files": loaded.files,
-                "sources": loaded.rules.sources.len(),
-                "rules": loaded.rules.rules.len(),
-                "tests": outcomes,
-            });
-            println!("{out}");
-        }
-        OutputFormat::Text => {
-            for w in &loaded.warnings {
-                eprintln!("warning: {w}");
-            }
-            for o in &outcomes {
-                if o.passed {
-                    continue;
-                }
-                eprintln!(
-                    "error: {}: test {:?}: expected {:?}, matched {:?}",
-                    o.origin, o.name, o.expected, o.matched
-                );
-                for (rule, why) in &o.reasons {
-                    eprintln!("  {rule}: {why}");
-                }
-            }
-            if args.deny_warnings && warned {
-                eprintln!(
-                    "error: {} and --deny-warnings",
-                    plural(loaded.warnings.len(), "warning")
-                );
-            }
-            let set = &loaded.rules;
-            println!(
-                "{}, {}, {}, {}: {} passed, {} failed{}",
-                plural(loaded.files.len(), "file"),
-                plural(set.sources.len(), "source"),
-                plural(set.rules.len(), "rule"),
-                plural(outcomes.len(), "test"),
-                outcomes.len() - failed,
-                failed,
-                if warned {
-                    format!(", {}", plural(loaded.warnings.len(), "warning"))
-                } else {
-                    String::new()
-                }
-            );
-        }
-    }
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
-}
-
-fn test(args: &TestArgs) -> ExitCode {
-    if let Err(code) = require_rules(&args.rules) {
-        return code;
-    }
-    let loaded = match config::load(&args.rules.rules) {
-        Ok(l) => l,
-        Err(d) => {
-            print_diagnostics(&d, OutputFormat::Text);
-            return ExitCode::from(1);
-        }
-    };
-    let body = match read_body(&args.body) {
-        Ok(b) => b,
-        Err(e) => return usage_error(&format!("cannot read {}: {e}", args.body.display())),
-    };
-    let mut headers = http::HeaderMap::new();
-    for h in &args.headers {
-        let Some((name, value)) = h.split_once(':') else {
-            return usage_error(&format!("--header {h:?} is not `Name: value`"));
-        };
-        match (
-            http::HeaderName::from_bytes(name.trim().as_bytes()),
-            http::HeaderValue::from_str(value.trim()),
-        ) {
-            (Ok(n), Ok(v)) => {
-                headers.append(n, v);
-            }
-            _ => return usage_error(&format!("--header {h:?} is not a valid header")),
-        }
-    }
-    let mut query = std::collections::BTreeMap::new();
-    for q in &args.query {
-        let (k, v) = q.split_once('=').unwrap_or((q.as_str(), ""));
-        query.insert(k.to_owned(), v.to_owned());
-    }
-    let req = dryrun::TryRequest {
-        source: args.source.clone(),
-        headers,
-        query,
-        body,
-        verify: args.verify,
-    };
-    match dryrun::run(&loaded.rules, &req) {
-        Ok(report) => {
-            let text = match args.format {
-                OutputFormat::Text => dryrun::render_text(&report),
-                OutputFormat::Json => {
-                    serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
-                }
-            };
-            // The event's own headers and body may carry configured secrets
-            // too (a GitLab token, say), not only the rendered actions.
-            print!("{}", loaded.rules.redact(&text));
-            if matches!(report.signature, Some(Err(_))) {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e) => usage_error(&e.to_string()),
-    }
-}
-
-fn serve(args: &ServeArgs) -> ExitCode {
-    if let Err(code) = require_rules(&args.rules) {
-        return code;
-    }
-    crate::app::run(args)
 }

@@ -1,13 +1,13 @@
 //! Dry runs: routing one request through the rules without running anything.
 //!
-//! Owns `hookrouter test` (which rules match a request, exactly what each of
-//! their actions would do, and why every other rule did not match) and the
-//! embedded `tests:` blocks that `hookrouter check` runs. Both build the
+//! Owns the engine behind `hookrouter test` (which rules match a request,
+//! exactly what each of their actions would do, and why every other rule did
+//! not match) and the embedded `tests:` blocks that `hookrouter check` runs;
+//! the commands in `cmd::test` and `cmd::check` only print what it finds. Both build the
 //! envelope and render actions with the same code the server uses; nothing
 //! is stored, sent or executed. Secrets are redacted from everything shown.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::time::SystemTime;
 
 use serde::Serialize;
@@ -180,84 +180,6 @@ fn redact_rendered(set: &RuleSet, r: Rendered) -> Rendered {
             Rendered::Shell(c)
         }
     }
-}
-
-/// The human rendering of a report.
-pub fn render_text(report: &Report) -> String {
-    let mut out = String::new();
-    let e = &report.event;
-    let _ = writeln!(
-        out,
-        "event {} type={:?} source={} provider={}",
-        e.id, e.kind, e.source, e.provider
-    );
-    match &report.signature {
-        None => out.push_str("signature: not checked (add --verify)\n"),
-        Some(Ok(())) => out.push_str("signature: verified\n"),
-        Some(Err(why)) => {
-            let _ = writeln!(
-                out,
-                "signature: REJECTED ({why}); the server would answer 401"
-            );
-        }
-    }
-    let matched = report.rules.iter().filter(|r| r.matched).count();
-    let _ = writeln!(out, "{matched} of {} rules match\n", report.rules.len());
-    for r in report.rules.iter().filter(|r| r.matched) {
-        let _ = writeln!(out, "MATCH {} ({})", r.name, r.origin);
-        for (i, a) in r.actions.iter().enumerate() {
-            let _ = write!(out, "  action {}: ", i + 1);
-            match (&a.action, &a.error) {
-                (_, Some(why)) => {
-                    let _ = writeln!(out, "would FAIL: {why}");
-                }
-                (None, None) => {}
-                (Some(Rendered::Log { line }), None) => {
-                    let _ = writeln!(out, "log {line}");
-                }
-                (Some(Rendered::Http(h)), None) => {
-                    let _ = writeln!(out, "http {} {}", h.method, h.url);
-                    for (k, v) in &h.headers {
-                        let _ = writeln!(out, "    {k}: {v}");
-                    }
-                    if h.signed {
-                        out.push_str(
-                            "    webhook-id, webhook-timestamp, webhook-signature: added when sent\n",
-                        );
-                    }
-                    if let Some(b) = &h.body {
-                        let _ = writeln!(out, "    body: {}", String::from_utf8_lossy(b));
-                    }
-                }
-                (Some(Rendered::Shell(c)), None) => {
-                    let argv = serde_json::to_string(&c.argv).unwrap_or_default();
-                    let _ = writeln!(out, "shell argv={argv}");
-                    for (k, v) in &c.env {
-                        let _ = writeln!(out, "    env {k}={v}");
-                    }
-                    if let Some(w) = &c.workdir {
-                        let _ = writeln!(out, "    workdir {w}");
-                    }
-                }
-            }
-            let _ = writeln!(
-                out,
-                "    (attempts: {}, timeout: {})",
-                a.retry_attempts,
-                humantime::format_duration(std::time::Duration::from_millis(a.timeout_ms))
-            );
-        }
-    }
-    for r in report.rules.iter().filter(|r| !r.matched) {
-        let _ = writeln!(
-            out,
-            "no    {} ({}): {}",
-            r.name,
-            r.origin,
-            r.reason.as_deref().unwrap_or("")
-        );
-    }
-    out
 }
 
 /// The outcome of one embedded test.

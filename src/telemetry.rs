@@ -13,7 +13,13 @@
 
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::LogFormat;
+/// How log lines are written. A `clap` value, so `--log-format` takes it
+/// as it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Install the global subscriber. A second call is a no-op.
 pub fn init(format: LogFormat, filter: &str) {

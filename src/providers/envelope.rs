@@ -30,7 +30,10 @@ const SECRET_HEADERS: &[&str] = &[
 pub fn fallback_id(body: &[u8]) -> String {
     let digest = Sha256::digest(body);
     // A SHA-256 digest always has 32 bytes; `get` keeps the no-panic lint.
-    format!("sha256:{}", hex::encode(digest.get(..16).unwrap_or_default()))
+    format!(
+        "sha256:{}",
+        hex::encode(digest.get(..16).unwrap_or_default())
+    )
 }
 
 /// Build the envelope.

@@ -4,18 +4,20 @@
 //! or SIGINT drains: stop accepting, finish in-flight requests and commits,
 //! give running actions `--grace`; a second signal exits at once), and the
 //! order of shutdown. The pieces themselves live in `server`, `dispatch` and
-//! `store`.
+//! `store`. Its options come as a plain [`Config`], which `cli` fills from
+//! flags and environment variables.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
-use crate::admin_guard::Guard;
-use crate::cli::{LogFormat, ServeArgs};
+use crate::admin_guard::{Authority, Guard};
 use crate::clock;
 use crate::config;
 use crate::dispatch::Dispatcher;
@@ -23,13 +25,38 @@ use crate::metrics::Metrics;
 use crate::reload::{ReloadStatus, Reloader};
 use crate::server::{self, Ingress, Limits};
 use crate::store::Store;
-use crate::telemetry;
+use crate::telemetry::{self, LogFormat};
+
+/// Everything `serve` is configured with; see `hookrouter serve --help`
+/// for what each means and its default.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub rules: Vec<PathBuf>,
+    pub listen: String,
+    pub data: PathBuf,
+    pub admin: Option<String>,
+    pub admin_token: Option<String>,
+    pub admin_hosts: Vec<Authority>,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub grace: Duration,
+    pub max_body: usize,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: u32,
+    pub dedup_window: Duration,
+    pub retention: Duration,
+    pub workers: usize,
+}
 
 /// Run the server until a signal stops it.
-pub fn run(args: &ServeArgs) -> ExitCode {
+pub fn run(args: &Config) -> ExitCode {
+    if let Err(code) = super::require_rules(&args.rules) {
+        return code;
+    }
     telemetry::init(args.log_format, &args.log_level);
     raise_open_files_limit();
-    let loaded = match config::load(&args.rules.rules) {
+    let loaded = match config::load(&args.rules) {
         Ok(l) => l,
         Err(d) => {
             for e in &d.errors {
@@ -59,7 +86,7 @@ pub fn run(args: &ServeArgs) -> ExitCode {
     runtime.block_on(serve(args, loaded))
 }
 
-async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
+async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
     let store = match Store::open(&args.data) {
         Ok(s) => s,
         Err(e) => {
@@ -111,7 +138,7 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     tokio::spawn(watch_signals(install_signals(), shutdown.clone()));
 
     let reloader = Reloader {
-        paths: args.rules.rules.clone(),
+        paths: args.rules.clone(),
         rules: rules.clone(),
         status: reload_status.clone(),
         metrics: metrics.clone(),

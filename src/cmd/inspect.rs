@@ -3,8 +3,9 @@
 //! Owns the client side of the admin API and the fallback to the data file:
 //! with `--admin URL` the commands ask the running server; without it they
 //! open the redb file directly, which works only while no server holds it
-//! (redb allows one process per file). Output is a table for people, or
-//! `--json` for scripts, with the same fields either way.
+//! (redb allows one process per file), and then replay and list through
+//! `ops`, as the admin API does. Output is a table for people, or `--json`
+//! for scripts, with the same fields either way.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -12,7 +13,7 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::admin::{self, DeliveryFilter};
+use crate::ops::{self, DeliveryFilter};
 use crate::store::Store;
 
 /// Where the data comes from.
@@ -312,7 +313,22 @@ fn deliveries_table(list: &[Value]) -> String {
 }
 
 /// `hookrouter deliveries [--failed] [--state S]`.
-pub fn deliveries(target: &Target, filter: DeliveryFilter, limit: usize, json: bool) -> ExitCode {
+pub fn deliveries(
+    target: &Target,
+    failed: bool,
+    state: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> ExitCode {
+    let filter = if failed {
+        DeliveryFilter::Failed
+    } else {
+        match state.map(DeliveryFilter::parse) {
+            None => DeliveryFilter::All,
+            Some(Ok(f)) => f,
+            Some(Err(e)) => return super::usage_error(&e),
+        }
+    };
     finish(deliveries_inner(target, filter, limit, json))
 }
 
@@ -340,7 +356,7 @@ fn deliveries_inner(
         }
         Target::Data(path) => {
             let store = open(path)?;
-            let list = admin::list_deliveries(&store, filter, limit)
+            let list = ops::list_deliveries(&store, filter, limit)
                 .map_err(|e| InspectError::Message(e.to_string()))?;
             serde_json::json!({ "deliveries": list })
         }
@@ -385,7 +401,7 @@ fn replay_inner(
         Target::Data(path) => {
             let store = open(path)?;
             let ids = rt
-                .block_on(admin::replay(None, &store, key, rule))
+                .block_on(ops::replay(None, &store, key, rule))
                 .map_err(|e| InspectError::Message(e.to_string()))?;
             let _ = rt.block_on(store.close());
             serde_json::json!({ "status": "replayed", "deliveries": ids })
