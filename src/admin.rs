@@ -9,8 +9,6 @@
 //! deliveries through `ops` (as the command line does), and never shows a
 //! secret: configured secrets are redacted from every answer.
 
-use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -18,17 +16,14 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
 use subtle::ConstantTimeEq as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::admin_guard::Guard;
+use crate::http_util::{self, Conns, Resp, error};
 use crate::metrics::Metrics;
 use crate::ops::{self, DeliveryFilter, ReplayError};
 use crate::reload::ReloadStatus;
@@ -46,61 +41,24 @@ pub struct Admin {
     pub guard: Guard,
 }
 
-type Resp = Response<Full<Bytes>>;
-
-fn json_reply(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn error(status: StatusCode, msg: &str) -> Resp {
-    json_reply(status, &json!({ "error": msg }))
-}
-
 /// Serve the admin routes until `shutdown`.
 pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Admin accept failed.");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let admin = admin.clone();
-        let shutdown = shutdown.clone();
+    let conns = Conns {
+        name: "admin",
+        max_connections: None,
+        header_timeout: std::time::Duration::from_secs(10),
+        max_header_bytes: None,
+    };
+    http_util::serve(listener, conns, shutdown, |stream| {
+        // The address this connection reached is one the Host check accepts.
         let local = stream.local_addr().ok();
-        tracker.spawn(async move {
-            let service = service_fn(move |req| {
-                let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(req, &admin, local).await) }
-            });
-            let conn = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(10))
-                .serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                () = shutdown.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+        let admin = admin.clone();
+        move |req| {
+            let admin = admin.clone();
+            async move { handle(req, &admin, local).await }
+        }
+    })
+    .await;
 }
 
 fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
@@ -116,10 +74,6 @@ fn authorized(admin: &Admin, req: &Request<Incoming>) -> bool {
     given.len() == token.len() && bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
-fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
-    crate::providers::envelope::query(req.uri().query())
-}
-
 async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>) -> Resp {
     if let Err(refusal) = admin.guard.check(&req, local) {
         return error(refusal.status(), refusal.message());
@@ -127,7 +81,7 @@ async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (method.as_str(), path.as_str()) {
-        ("GET", "/healthz") => return json_reply(StatusCode::OK, &json!({"status": "ok"})),
+        ("GET", "/healthz") => return http_util::json(StatusCode::OK, &json!({"status": "ok"})),
         ("GET", "/readyz") => return ready(admin).await,
         _ => {}
     }
@@ -139,7 +93,7 @@ async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>
         );
         return resp;
     }
-    let q = query(&req);
+    let q = http_util::query(req.uri());
     let limit = q
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
@@ -188,7 +142,7 @@ async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>
             .await
             {
                 Ok(ids) => {
-                    return json_reply(
+                    return http_util::json(
                         StatusCode::ACCEPTED,
                         &json!({"status": "replayed", "deliveries": ids}),
                     );
@@ -211,13 +165,7 @@ async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>
     match result {
         Ok(value) => {
             let set = admin.rules.load();
-            let text = set.redact(&value.to_string());
-            let mut resp = Response::new(Full::new(Bytes::from(text)));
-            resp.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            resp
+            http_util::json_text(StatusCode::OK, set.redact(&value.to_string()))
         }
         Err(e) => {
             tracing::error!(error = %e, "Admin API store error.");
@@ -230,7 +178,7 @@ async fn ready(admin: &Admin) -> Resp {
     let set = admin.rules.load();
     let store_ok = admin.store.read(|s| s.queue_depth()).await.is_ok() && admin.store.is_writable();
     let ok = store_ok && !set.sources.is_empty();
-    json_reply(
+    http_util::json(
         if ok {
             StatusCode::OK
         } else {

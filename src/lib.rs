@@ -26,6 +26,7 @@ pub mod dispatch;
 pub mod dryrun;
 pub mod event;
 pub mod fuzzing;
+pub mod http_util;
 pub mod ingest;
 pub mod metrics;
 pub mod ops;

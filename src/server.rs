@@ -1,15 +1,33 @@
 //! Webhook ingress: HTTP/1.1 on hyper, bounded in every dimension.
 //!
-//! Owns the accept loop, per-connection limits (open connections, header
-//! size and read time, body size and read time), routing a request path to a
-//! source, and the mapping of every outcome to a status code:
-//! 202 accepted, 200 duplicate or handshake, 400 malformed, 401 bad
-//! signature, 404 unknown path, 405 not POST, 408 too slow, 413 too large,
-//! 415 unsupported body, 503 storage unavailable. Error bodies never carry
-//! internals; details go to the log.
+//! Owns the webhook listener's limits (open connections, header size and
+//! read time, body size and read time), routing a request path to a source,
+//! and the answer to every request. A routed request goes through three
+//! steps: read the body (`read_body`), admit it (`providers::admit`:
+//! signature, header values, body, handshake, envelope), and ingest it
+//! (`ingest_event`: route and commit). Each step passes its result on or
+//! stops with a `Refusal`; this table is the whole mapping to status codes:
+//!
+//! | Step      | Outcome                                    | Status     | Also sent           |
+//! |-----------|--------------------------------------------|------------|---------------------|
+//! | route     | `Refusal::NoSource`: no source at the path | 404        |                     |
+//! | read body | `Refusal::NotPost`                         | 405        | `Allow: POST`       |
+//! | read body | `Refusal::TooLarge`                        | 413        | `Connection: close` |
+//! | read body | `Refusal::Unreadable`                      | 400        |                     |
+//! | read body | `Refusal::TooSlow`                         | 408        | `Connection: close` |
+//! | admit     | `Refusal::Admit(Verify)`: bad signature    | 401        |                     |
+//! | admit     | `Refusal::Admit(Header)`: not UTF-8        | 400        |                     |
+//! | admit     | `Refusal::Admit(Body(Malformed))`          | 400        |                     |
+//! | admit     | `Refusal::Admit(Body(Unsupported))`        | 415        |                     |
+//! | admit     | the provider's handshake, answered         | its own    | its content type    |
+//! | ingest    | `Refusal::Storage`: the commit failed      | 503        | `Retry-After: 5`    |
+//! | ingest    | a duplicate within the dedup window        | 200        |                     |
+//! | ingest    | accepted and stored                        | 202        |                     |
+//!
+//! Error bodies never carry internals; details go to the log. The accept
+//! loop and the JSON replies are `http_util`'s, shared with the admin
+//! listener.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,25 +35,19 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::body::BodyError;
 use crate::dispatch::Dispatcher;
-use crate::event::RawRequest;
+use crate::event::Event;
+use crate::http_util::{self, Conns, Resp};
 use crate::ingest::{self, Outcome};
 use crate::metrics::Metrics;
-use crate::providers::Source;
-use crate::providers::envelope;
-use crate::providers::{Admission, AdmitError, admit};
+use crate::providers::{Admission, AdmitError, Inbound, Source, Verified, admit};
 use crate::rules::RuleSet;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Limits of the ingress listener.
 #[derive(Debug, Clone)]
@@ -71,94 +83,119 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
 }
 
-type Resp = Response<Full<Bytes>>;
-
-fn reply(status: StatusCode, body: serde_json::Value) -> Resp {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-fn error(status: StatusCode, message: &str) -> Resp {
-    reply(status, serde_json::json!({ "error": message }))
-}
-
 /// Accept connections until `shutdown` fires, then let open connections
 /// finish their current request.
 pub async fn run(listener: TcpListener, ingress: Arc<Ingress>, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(ingress.limits.max_connections));
-    let tracker = TaskTracker::new();
-    let mut backoff = Duration::from_millis(5);
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            r = listener.accept() => match r {
-                Ok(conn) => {
-                    backoff = Duration::from_millis(5);
-                    conn
-                }
-                Err(e) => {
-                    // Running out of file descriptors must not end the server:
-                    // wait and try again.
-                    tracing::warn!(error = %e, "Accept failed; retrying.");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            },
-        };
-        let _ = stream.set_nodelay(true);
+    let conns = Conns {
+        name: "webhooks",
+        max_connections: Some(ingress.limits.max_connections),
+        header_timeout: ingress.limits.header_timeout,
+        max_header_bytes: Some(ingress.limits.max_header_bytes),
+    };
+    http_util::serve(listener, conns, shutdown, |_| {
         let ingress = ingress.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, peer, ingress, shutdown).await;
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
+        move |req| {
+            let ingress = ingress.clone();
+            async move { handle(req, &ingress).await }
+        }
+    })
+    .await;
 }
 
-async fn serve_connection(
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    ingress: Arc<Ingress>,
-    shutdown: CancellationToken,
-) {
-    let limits = ingress.limits.clone();
-    let service = service_fn(move |req| {
-        let ingress = ingress.clone();
-        async move { Ok::<_, Infallible>(handle(req, &ingress).await) }
-    });
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        // `max_buf_size` alone is only checked while the head is incomplete:
-        // a head that arrives in one large read would pass it.
-        .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "Connection ended with an error.");
+/// Why a request was not accepted. Each has one status code: the table in
+/// the module header.
+#[derive(Debug)]
+enum Refusal {
+    NoSource,
+    NotPost,
+    TooLarge,
+    Unreadable,
+    TooSlow,
+    Admit(AdmitError),
+    Storage { event_id: String, error: StoreError },
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NoSource => StatusCode::NOT_FOUND,
+            Refusal::NotPost => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::Unreadable
+            | Refusal::Admit(AdmitError::Header(_) | AdmitError::Body(BodyError::Malformed(_))) => {
+                StatusCode::BAD_REQUEST
             }
+            Refusal::TooSlow => StatusCode::REQUEST_TIMEOUT,
+            Refusal::Admit(AdmitError::Verify(_)) => StatusCode::UNAUTHORIZED,
+            Refusal::Admit(AdmitError::Body(BodyError::Unsupported(_))) => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
+            Refusal::Storage { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
-        () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    }
+
+    /// What the client is told: a fixed message, never internals (the
+    /// header error names only the header).
+    fn message(&self) -> String {
+        match self {
+            Refusal::NoSource => "no source at this path".to_owned(),
+            Refusal::NotPost => "use POST".to_owned(),
+            Refusal::TooLarge => "body too large".to_owned(),
+            Refusal::Unreadable => "could not read the body".to_owned(),
+            Refusal::TooSlow => "the body was not sent in time".to_owned(),
+            Refusal::Admit(AdmitError::Verify(_)) => "signature verification failed".to_owned(),
+            Refusal::Admit(AdmitError::Body(BodyError::Unsupported(_))) => {
+                "send application/json or application/x-www-form-urlencoded".to_owned()
+            }
+            Refusal::Admit(e @ AdmitError::Header(_)) => e.to_string(),
+            Refusal::Admit(AdmitError::Body(BodyError::Malformed(_))) => {
+                "malformed body".to_owned()
+            }
+            Refusal::Storage { .. } => "storage unavailable, retry later".to_owned(),
+        }
+    }
+
+    fn reply(&self) -> Resp {
+        let mut resp = http_util::error(self.status(), &self.message());
+        let extra = match self {
+            Refusal::NotPost => Some((http::header::ALLOW, "POST")),
+            // The rest of the body is not read, so the connection cannot be
+            // reused.
+            Refusal::TooLarge | Refusal::TooSlow => Some((http::header::CONNECTION, "close")),
+            Refusal::Storage { .. } => Some((http::header::RETRY_AFTER, "5")),
+            _ => None,
+        };
+        if let Some((name, value)) = extra {
+            resp.headers_mut()
+                .insert(name, http::HeaderValue::from_static(value));
+        }
+        resp
+    }
+
+    /// The log line (and metric) for a refusal the operator may care about.
+    fn record(&self, source: &Source, metrics: &Metrics) {
+        match self {
+            Refusal::Admit(AdmitError::Verify(e)) => {
+                tracing::warn!(source = %source.name, reason = %e.reason(), detail = %e, "Signature verification failed.");
+                metrics.record_verify_failure(&source.name, e.reason());
+            }
+            Refusal::Admit(AdmitError::Body(BodyError::Unsupported(ct))) => {
+                tracing::info!(source = %source.name, content_type = %ct, "Unsupported content type.");
+            }
+            Refusal::Admit(e @ AdmitError::Header(_)) => {
+                tracing::info!(source = %source.name, error = %e, "Header value is not UTF-8.");
+            }
+            Refusal::Admit(AdmitError::Body(BodyError::Malformed(why))) => {
+                tracing::info!(source = %source.name, error = %why, "Malformed body.");
+            }
+            Refusal::Storage { event_id, error } => {
+                tracing::error!(event_id = %event_id, source = %source.name, error = %error, "Storing the event failed; answering 503.");
+            }
+            Refusal::NoSource
+            | Refusal::NotPost
+            | Refusal::TooLarge
+            | Refusal::Unreadable
+            | Refusal::TooSlow => {}
         }
     }
 }
@@ -170,8 +207,14 @@ async fn handle(req: Request<Incoming>, ingress: &Ingress) -> Resp {
     let set = ingress.rules.load_full();
     let source = set.source_for_path(req.uri().path());
     let resp = match source {
-        Some(source) => respond(req, ingress, &set, source).await,
-        None => error(StatusCode::NOT_FOUND, "no source at this path"),
+        Some(source) => match respond(req, ingress, &set, source).await {
+            Ok(resp) => resp,
+            Err(refusal) => {
+                refusal.record(source, &ingress.metrics);
+                refusal.reply()
+            }
+        },
+        None => Refusal::NoSource.reply(),
     };
     ingress.metrics.record_request(
         source.map_or("", |s| s.name.as_str()),
@@ -181,66 +224,27 @@ async fn handle(req: Request<Incoming>, ingress: &Ingress) -> Resp {
     resp
 }
 
+/// The three steps, for a request routed to `source`.
 async fn respond(
     req: Request<Incoming>,
     ingress: &Ingress,
     set: &RuleSet,
     source: &Source,
-) -> Resp {
+) -> Result<Resp, Refusal> {
     if req.method() != http::Method::POST {
-        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "use POST");
-        resp.headers_mut()
-            .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
-        return resp;
+        return Err(Refusal::NotPost);
     }
-    let declared = req
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > ingress.limits.max_body as u64) {
-        return too_large();
-    }
-    let (parts, body) = req.into_parts();
-    let limited = Limited::new(body, ingress.limits.max_body);
-    let bytes = match tokio::time::timeout(ingress.limits.body_timeout, limited.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return too_large();
-        }
-        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "could not read the body"),
-        Err(_) => {
-            let mut resp = error(StatusCode::REQUEST_TIMEOUT, "the body was not sent in time");
-            resp.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            return resp;
-        }
-    };
-
-    let url = match (&source.url, parts.uri.query()) {
-        // The configured URL stands for scheme, host and path; the query is
-        // the sender's own (Twilio adds `bodySHA256=` to it), so it is kept.
-        (Some(u), Some(q)) if !u.contains('?') => format!("{u}?{q}"),
-        (Some(u), _) => u.clone(),
-        (None, _) => public_url(&parts),
-    };
-    let received_at = SystemTime::now();
-    let raw = RawRequest {
-        url: &url,
+    let (parts, bytes) = read_body(req, &ingress.limits).await?;
+    let inbound = Inbound {
         headers: &parts.headers,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
         body: &bytes,
-        now: crate::clock::unix_secs(received_at),
+        received_at: SystemTime::now(),
     };
-    let query = envelope::query(parts.uri.query());
-    let admission = admit(source, &raw, query, received_at);
-    let event = match admission {
-        Ok(Admission::Event(e)) => e,
-        Ok(Admission::Handshake(h)) => {
+    let event = match admit(source, &inbound).map_err(Refusal::Admit)? {
+        Admission::Event(e) => e,
+        Admission::Handshake(h) => {
             tracing::info!(source = %source.name, "Answered the provider's handshake.");
             let mut resp = Response::new(Full::new(Bytes::from(h.body)));
             *resp.status_mut() = StatusCode::from_u16(h.status).unwrap_or(StatusCode::OK);
@@ -248,31 +252,48 @@ async fn respond(
                 http::header::CONTENT_TYPE,
                 http::HeaderValue::from_static(h.content_type),
             );
-            return resp;
-        }
-        Err(AdmitError::Verify(e)) => {
-            tracing::warn!(source = %source.name, reason = %e.reason(), detail = %e, "Signature verification failed.");
-            ingress
-                .metrics
-                .record_verify_failure(&source.name, e.reason());
-            return error(StatusCode::UNAUTHORIZED, "signature verification failed");
-        }
-        Err(AdmitError::Body(BodyError::Unsupported(ct))) => {
-            tracing::info!(source = %source.name, content_type = %ct, "Unsupported content type.");
-            return error(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "send application/json or application/x-www-form-urlencoded",
-            );
-        }
-        Err(e @ AdmitError::Header(_)) => {
-            tracing::info!(source = %source.name, error = %e, "Header value is not UTF-8.");
-            return error(StatusCode::BAD_REQUEST, &e.to_string());
-        }
-        Err(AdmitError::Body(BodyError::Malformed(why))) => {
-            tracing::info!(source = %source.name, error = %why, "Malformed body.");
-            return error(StatusCode::BAD_REQUEST, "malformed body");
+            return Ok(resp);
         }
     };
+    ingest_event(ingress, set, source, event).await
+}
+
+/// Step one: the whole body, within the size and time limits.
+async fn read_body(
+    req: Request<Incoming>,
+    limits: &Limits,
+) -> Result<(http::request::Parts, Bytes), Refusal> {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body as u64) {
+        return Err(Refusal::TooLarge);
+    }
+    let (parts, body) = req.into_parts();
+    let limited = Limited::new(body, limits.max_body);
+    match tokio::time::timeout(limits.body_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok((parts, collected.to_bytes())),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Refusal::TooLarge)
+        }
+        Ok(Err(_)) => Err(Refusal::Unreadable),
+        Err(_) => Err(Refusal::TooSlow),
+    }
+}
+
+/// Step three: route and commit, then answer 202 or 200 and hand the
+/// deliveries to the dispatcher.
+async fn ingest_event(
+    ingress: &Ingress,
+    set: &RuleSet,
+    source: &Source,
+    event: Verified<Event>,
+) -> Result<Resp, Refusal> {
     let event_id = event.id.clone();
     let stored = ingest::ingest(
         set,
@@ -299,64 +320,18 @@ async fn respond(
             for rule in &matched {
                 ingress.metrics.record_match(rule);
             }
-            reply(
+            Ok(http_util::json(
                 StatusCode::ACCEPTED,
-                serde_json::json!({"status": "accepted", "id": id, "key": key, "deliveries": deliveries}),
-            )
+                &serde_json::json!({"status": "accepted", "id": id, "key": key, "deliveries": deliveries}),
+            ))
         }
         Ok(Outcome::Duplicate { id, key }) => {
             tracing::info!(event_id = %id, key = %key, source = %source.name, "Duplicate event ignored.");
-            reply(
+            Ok(http_util::json(
                 StatusCode::OK,
-                serde_json::json!({"status": "duplicate", "id": id, "key": key}),
-            )
+                &serde_json::json!({"status": "duplicate", "id": id, "key": key}),
+            ))
         }
-        Err(e) => {
-            tracing::error!(event_id = %event_id, source = %source.name, error = %e, "Storing the event failed; answering 503.");
-            let mut resp = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage unavailable, retry later",
-            );
-            resp.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("5"),
-            );
-            resp
-        }
+        Err(error) => Err(Refusal::Storage { event_id, error }),
     }
-}
-
-fn too_large() -> Resp {
-    let mut resp = error(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-    // The rest of the body is not read, so the connection cannot be reused.
-    resp.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    resp
-}
-
-/// The URL the sender called, as far as this process can tell: the Host
-/// header plus the path and query. `X-Forwarded-Proto: https` selects the
-/// scheme behind a TLS-terminating proxy; set the source's `url:` when the
-/// proxy also rewrites the host or path.
-fn public_url(parts: &http::request::Parts) -> String {
-    let host = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("localhost");
-    let scheme = match parts
-        .headers
-        .get("x-forwarded-proto")
-        .and_then(|h| h.to_str().ok())
-    {
-        Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        _ => "http",
-    };
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map_or("/", http::uri::PathAndQuery::as_str);
-    format!("{scheme}://{host}{pq}")
 }

@@ -1,19 +1,30 @@
 //! Admission: the one place a request becomes a `Verified<Event>`.
 //!
 //! Owns the order of the checks a request goes through once it has been
-//! routed to a source: signature first (nothing of an unverified request is
-//! parsed or stored), then the header values, then the body, then the
-//! provider's handshake, then the envelope. Being a child of `providers` is what lets it construct
-//! `Verified`; nothing else in the crate can.
+//! routed to a source: the URL the sender called (which some schemes sign),
+//! then the signature (nothing of an unverified request is parsed or
+//! stored), then the header values, then the body, then the provider's
+//! handshake, then the envelope. Being a child of `providers` is what lets
+//! it construct `Verified`; nothing else in the crate can.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use super::Source;
-use super::envelope;
-use super::{Handshake, Verified, VerifyError};
+use super::{Handshake, Source, Verified, VerifyError, envelope};
 use crate::body::{self, BodyError};
+use crate::clock;
 use crate::event::{Event, RawRequest};
+
+/// A request routed to a source, as it arrived.
+#[derive(Debug, Clone, Copy)]
+pub struct Inbound<'a> {
+    pub headers: &'a http::HeaderMap,
+    /// The request path, as sent.
+    pub path: &'a str,
+    /// The query string, as sent.
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+    pub received_at: SystemTime,
+}
 
 /// What a request that passed verification turned out to be.
 #[derive(Debug)]
@@ -43,14 +54,30 @@ pub enum AdmitError {
 /// Verify `req` for `source` and build its event.
 ///
 /// # Errors
-/// A failed verification, or a body that does not parse.
-pub fn admit(
+/// A failed verification, a header that is not UTF-8, or a body that does
+/// not parse.
+pub fn admit(source: &Source, req: &Inbound<'_>) -> Result<Admission, AdmitError> {
+    let url = url(source, req);
+    let raw = raw(req, &url);
+    source.provider.verify(&raw)?;
+    Ok(match after_signature(source, req, &raw)? {
+        Unverified::Event(e) => Admission::Event(Verified(e)),
+        Unverified::Handshake(h) => Admission::Handshake(h),
+    })
+}
+
+/// What a request is, whether or not its signature was checked.
+enum Unverified {
+    Event(Event),
+    Handshake(Handshake),
+}
+
+/// The steps after the signature, in order.
+fn after_signature(
     source: &Source,
+    inbound: &Inbound<'_>,
     req: &RawRequest<'_>,
-    query: BTreeMap<String, String>,
-    received_at: SystemTime,
-) -> Result<Admission, AdmitError> {
-    source.provider.verify(req)?;
+) -> Result<Unverified, AdmitError> {
     if let Some((name, _)) = req
         .headers
         .iter()
@@ -60,8 +87,50 @@ pub fn admit(
     }
     let parsed = body::parse(req.header("content-type"), req.body)?;
     if let Some(h) = source.provider.handshake(req, &parsed) {
-        return Ok(Admission::Handshake(h));
+        return Ok(Unverified::Handshake(h));
     }
-    let event = envelope::build(source, req, parsed, query, received_at);
-    Ok(Admission::Event(Verified(event)))
+    let query = envelope::query(inbound.query);
+    let event = envelope::build(source, req, parsed, query, inbound.received_at);
+    Ok(Unverified::Event(event))
+}
+
+fn raw<'a>(req: &Inbound<'a>, url: &'a str) -> RawRequest<'a> {
+    RawRequest {
+        url,
+        headers: req.headers,
+        body: req.body,
+        now: clock::unix_secs(req.received_at),
+    }
+}
+
+/// The URL the sender called, as far as this process can tell. The source's
+/// `url:` stands for scheme, host and path; the query is the sender's own
+/// (Twilio adds `bodySHA256=` to it), so it is kept. Without `url:`, the
+/// Host header plus the path and query, `X-Forwarded-Proto: https`
+/// selecting the scheme behind a TLS-terminating proxy; set the source's
+/// `url:` when the proxy also rewrites the host or path.
+fn url(source: &Source, req: &Inbound<'_>) -> String {
+    if let Some(u) = &source.url {
+        return match req.query {
+            Some(q) if !u.contains('?') => format!("{u}?{q}"),
+            _ => u.clone(),
+        };
+    }
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let scheme = match req
+        .headers
+        .get("x-forwarded-proto")
+        .and_then(|h| h.to_str().ok())
+    {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    match req.query {
+        Some(q) => format!("{scheme}://{host}{}?{q}", req.path),
+        None => format!("{scheme}://{host}{}", req.path),
+    }
 }
