@@ -3,19 +3,22 @@
 //! Owns the engine behind `hookrouter test` (which rules match a request,
 //! exactly what each of their actions would do, and why every other rule did
 //! not match) and the embedded `tests:` blocks that `hookrouter check` runs;
-//! the commands in `cmd::test` and `cmd::check` only print what it finds. Both build the
-//! envelope and render actions with the same code the server uses; nothing
-//! is stored, sent or executed. Secrets are redacted from everything shown.
+//! the commands in `cmd::test` and `cmd::check` only print what it finds.
+//!
+//! A request goes through the server's own admission (`providers::preview`:
+//! the same URL, header, body, handshake and envelope steps in the same
+//! order), except that the signature is checked only on request and a bad
+//! one is reported instead of ending the run. Actions are rendered with the
+//! server's code too; nothing is stored, sent or executed. Secrets are
+//! redacted from everything shown.
 
-use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use serde::Serialize;
 
 use crate::actions::render::{self, Rendered};
-use crate::body;
-use crate::event::{Event, RawRequest};
-use crate::providers::envelope;
+use crate::event::Event;
+use crate::providers::{AdmitError, Handshake, Inbound, Source, Unverified, preview};
 use crate::rules::{Action, RuleSet, RuleTest};
 
 /// The request to try.
@@ -23,7 +26,9 @@ use crate::rules::{Action, RuleSet, RuleTest};
 pub struct TryRequest {
     pub source: String,
     pub headers: http::HeaderMap,
-    pub query: BTreeMap<String, String>,
+    /// Query parameters in the order given; they are part of the URL that
+    /// some providers sign.
+    pub query: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// Check the signature too.
     pub verify: bool,
@@ -45,11 +50,44 @@ fn signature_json<S: serde::Serializer>(
 /// What the dry run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
-    pub event: Event,
+    /// `"event"`, or `"handshake"` when the server would answer the
+    /// provider's handshake and route nothing.
+    #[serde(flatten)]
+    pub admitted: Admitted,
     /// `None` when not checked; otherwise `Ok` or the failure.
     #[serde(serialize_with = "signature_json")]
     pub signature: Option<Result<(), String>>,
     pub rules: Vec<RuleReport>,
+}
+
+/// What admission made of the request.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admitted {
+    Event(Event),
+    Handshake(HandshakeReport),
+}
+
+/// The answer the server would give a provider's handshake.
+#[derive(Debug, Clone, Serialize)]
+pub struct HandshakeReport {
+    pub source: String,
+    pub provider: String,
+    pub status: u16,
+    pub content_type: String,
+    pub body: String,
+}
+
+impl HandshakeReport {
+    fn new(source: &Source, h: Handshake) -> HandshakeReport {
+        HandshakeReport {
+            source: source.name.clone(),
+            provider: source.provider.name().to_owned(),
+            status: h.status,
+            content_type: h.content_type.to_owned(),
+            body: String::from_utf8_lossy(&h.body).into_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -82,42 +120,48 @@ pub struct ActionReport {
 pub enum DryRunError {
     #[error("unknown source {0:?}")]
     UnknownSource(String),
-    #[error("{0}")]
-    Body(#[from] body::BodyError),
+    /// A header that is not UTF-8, or a body that does not parse.
+    #[error(transparent)]
+    Admit(#[from] AdmitError),
 }
 
 /// Route `req` through `set`, rendering the actions of every matching rule.
 ///
 /// # Errors
-/// An unknown source or a body that does not parse.
+/// An unknown source, a header that is not UTF-8, or a body that does not
+/// parse.
 pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
     let source = set
         .source(&req.source)
         .ok_or_else(|| DryRunError::UnknownSource(req.source.clone()))?;
-    let now = SystemTime::now();
-    let unix = crate::clock::unix_secs(now);
-    let url = source
-        .url
-        .clone()
-        .unwrap_or_else(|| format!("http://localhost{}", source.path));
-    let raw = RawRequest {
-        url: &url,
+    // As it would arrive: at the source's path, with the query string a
+    // sender would write.
+    let query = (!req.query.is_empty()).then(|| {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&req.query)
+            .finish()
+    });
+    let inbound = Inbound {
         headers: &req.headers,
+        path: &source.path,
+        query: query.as_deref(),
         body: &req.body,
-        now: unix,
+        received_at: SystemTime::now(),
     };
-    let signature = req
-        .verify
-        .then(|| source.provider.verify(&raw).map_err(|e| e.to_string()));
-    let content_type = raw.header("content-type");
-    let parsed = body::parse(content_type, &req.body)?;
-    let event = std::sync::Arc::new(envelope::build(
-        source,
-        &raw,
-        parsed,
-        req.query.clone(),
-        now,
-    ));
+    let previewed = preview(source, &inbound, req.verify)?;
+    let signature = previewed
+        .signature
+        .map(|checked| checked.map_err(|e| e.to_string()));
+    let event = match previewed.request {
+        Unverified::Event(event) => std::sync::Arc::new(event),
+        Unverified::Handshake(h) => {
+            return Ok(Report {
+                admitted: Admitted::Handshake(HandshakeReport::new(source, h)),
+                signature,
+                rules: Vec::new(),
+            });
+        }
+    };
     let rules = set
         .explain(&event)
         .into_iter()
@@ -141,7 +185,7 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
         })
         .collect();
     Ok(Report {
-        event: std::sync::Arc::unwrap_or_clone(event),
+        admitted: Admitted::Event(std::sync::Arc::unwrap_or_clone(event)),
         signature,
         rules,
     })
@@ -212,7 +256,7 @@ fn run_test(set: &RuleSet, t: &RuleTest) -> TestOutcome {
     let req = TryRequest {
         source: t.source.clone(),
         headers,
-        query: t.query.iter().cloned().collect(),
+        query: t.query.clone(),
         body: serde_json::to_vec(&t.body).unwrap_or_default(),
         verify: false,
     };

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use super::{OutputFormat, print_diagnostics, read_body, require_rules, usage_error};
 use crate::actions::render::Rendered;
 use crate::config;
-use crate::dryrun::{self, Report};
+use crate::dryrun::{self, Admitted, Report};
 
 /// The request to try, as given on the command line.
 #[derive(Debug, Clone)]
@@ -62,11 +62,14 @@ pub fn run(args: &Options) -> ExitCode {
             _ => return usage_error(&format!("--header {h:?} is not a valid header")),
         }
     }
-    let mut query = std::collections::BTreeMap::new();
-    for q in &args.query {
-        let (k, v) = q.split_once('=').unwrap_or((q.as_str(), ""));
-        query.insert(k.to_owned(), v.to_owned());
-    }
+    let query = args
+        .query
+        .iter()
+        .map(|q| {
+            let (k, v) = q.split_once('=').unwrap_or((q.as_str(), ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
     let req = dryrun::TryRequest {
         source: args.source.clone(),
         headers,
@@ -98,12 +101,18 @@ pub fn run(args: &Options) -> ExitCode {
 /// The human rendering of a report.
 fn render_text(report: &Report) -> String {
     let mut out = String::new();
-    let e = &report.event;
-    let _ = writeln!(
-        out,
-        "event {} type={:?} source={} provider={}",
-        e.id, e.kind, e.source, e.provider
-    );
+    match &report.admitted {
+        Admitted::Event(e) => {
+            let _ = writeln!(
+                out,
+                "event {} type={:?} source={} provider={}",
+                e.id, e.kind, e.source, e.provider
+            );
+        }
+        Admitted::Handshake(h) => {
+            let _ = writeln!(out, "handshake source={} provider={}", h.source, h.provider);
+        }
+    }
     match &report.signature {
         None => out.push_str("signature: not checked (add --verify)\n"),
         Some(Ok(())) => out.push_str("signature: verified\n"),
@@ -113,6 +122,14 @@ fn render_text(report: &Report) -> String {
                 "signature: REJECTED ({why}); the server would answer 401"
             );
         }
+    }
+    if let Admitted::Handshake(h) = &report.admitted {
+        let _ = writeln!(
+            out,
+            "the server would answer the provider's handshake: {} ({}) {}\nnothing is stored or routed",
+            h.status, h.content_type, h.body
+        );
+        return out;
     }
     let matched = report.rules.iter().filter(|r| r.matched).count();
     let _ = writeln!(out, "{matched} of {} rules match\n", report.rules.len());

@@ -1,4 +1,5 @@
-//! Admission: the one place a request becomes a `Verified<Event>`.
+//! Admission: the one place a request becomes a `Verified<Event>`, and the
+//! dry run's preview of it.
 //!
 //! Owns the order of the checks a request goes through once it has been
 //! routed to a source: the URL the sender called (which some schemes sign),
@@ -66,10 +67,35 @@ pub fn admit(source: &Source, req: &Inbound<'_>) -> Result<Admission, AdmitError
     })
 }
 
-/// What a request is, whether or not its signature was checked.
-enum Unverified {
+/// What a request is, before (or without) its signature being checked.
+#[derive(Debug)]
+pub enum Unverified {
     Event(Event),
     Handshake(Handshake),
+}
+
+/// What a dry run's request turned out to be.
+#[derive(Debug)]
+pub struct Preview {
+    /// `None` when the signature was not checked.
+    pub signature: Option<Result<(), VerifyError>>,
+    pub request: Unverified,
+}
+
+/// A dry run's admission: the steps of [`admit`], in the same order on the
+/// same URL, except that the signature is checked only when `verify` is set
+/// and a bad one is reported rather than fatal, so the rest of the request
+/// can still be shown. Its event is not `Verified`: nothing can store or
+/// route it.
+///
+/// # Errors
+/// A header that is not UTF-8, or a body that does not parse.
+pub fn preview(source: &Source, req: &Inbound<'_>, verify: bool) -> Result<Preview, AdmitError> {
+    let url = url(source, req);
+    let raw = raw(req, &url);
+    let signature = verify.then(|| source.provider.verify(&raw));
+    let request = after_signature(source, req, &raw)?;
+    Ok(Preview { signature, request })
 }
 
 /// The steps after the signature, in order.

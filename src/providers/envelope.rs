@@ -3,9 +3,9 @@
 //! Owns the envelope's fields: the event type and id (a source's
 //! `event_type:`/`event_id:` override first, then the provider's own, then
 //! the fallbacks), lowercase headers with secret-bearing ones redacted, the
-//! query string, and the receive time. It does not verify anything: the
-//! ingest path calls it only after `Provider::verify` succeeded, and the
-//! dry run (`hookrouter test`) calls it to show what would be routed.
+//! query string, and the receive time. It does not verify anything: only
+//! admission calls it, after the signature step (`admit` on the server,
+//! `preview` in a dry run, which shows what would be routed).
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;

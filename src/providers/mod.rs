@@ -44,7 +44,7 @@ mod stripe;
 mod twilio;
 mod zoom;
 
-pub use admit::{Admission, AdmitError, Inbound, admit};
+pub use admit::{Admission, AdmitError, Inbound, Preview, Unverified, admit, preview};
 pub use source::{Extractor, Origin, Source};
 pub use standard::sign_v1 as standard_signature_v1;
 

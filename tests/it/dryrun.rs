@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::{Value, json};
 
-use crate::support::{BIN, fixture, root, signed_headers, stderr, stdout};
+use crate::support::{BIN, fixture, now, root, signed_headers, stderr, stdout, write};
 
 const RULES: &str = "tests/fixtures/valid/dryrun.yaml";
 const PUSH_MAIN: &str = "tests/fixtures/payloads/push-main.json";
@@ -412,4 +412,138 @@ fn other_failures_before_routing() {
          TOKEN is not set (write ${env:TOKEN:-default} to give a default)\n1 error\n"
     );
     assert_eq!(code(&out), 1);
+}
+
+/// A Twilio source (which signs the URL it called) and a Slack source (which
+/// sends a handshake), both served at their default paths.
+const URL_RULES: &str = r#"
+sources:
+  - name: tw
+    provider: twilio
+    secret: tw-secret
+  - name: sl
+    provider: slack
+    secret: sl-secret
+rules:
+  - name: any
+    source: [tw, sl]
+    actions:
+      - log: "got {{ event.id }}"
+"#;
+
+/// Run `hookrouter test --rules <URL_RULES> ARGS…` with `body` on stdin.
+fn dry_run_url_rules(args: &[&str], body: &[u8]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = write(dir.path(), "rules.yaml", URL_RULES);
+    let mut child = Command::new(BIN)
+        .args(["test", "--rules", rules.to_str().unwrap(), "--body", "-"])
+        .args(args)
+        .env_remove("HOOKROUTER_RULES")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hookrouter test");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(body).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+/// `X-Twilio-Signature` (and the idempotency token) for `body` posted to `url`.
+fn twilio_headers(body: &[u8], url: &str) -> Vec<String> {
+    let settings = hookrouter::providers::ProviderSettings {
+        secrets: vec![hookrouter::providers::Secret::new("tw-secret")],
+        ..Default::default()
+    };
+    let signed =
+        hookrouter::providers::sign("twilio", &settings, body, "tok-1", now(), url).expect("sign");
+    let mut args = vec![
+        "-H".to_owned(),
+        "Content-Type: application/x-www-form-urlencoded".to_owned(),
+    ];
+    for (k, v) in signed {
+        args.push("-H".to_owned());
+        args.push(format!("{k}: {v}"));
+    }
+    args
+}
+
+#[test]
+fn verify_uses_the_url_the_server_would_see_query_included() {
+    // Twilio signs the URL with its query string; the server keeps the
+    // sender's query, so the dry run must too.
+    let body = b"MessageSid=SM1&Body=hi";
+    let mut args = twilio_headers(body, "http://localhost/hooks/tw?tenant=acme&x=a+b");
+    args.extend(
+        [
+            "--source",
+            "tw",
+            "--verify",
+            "--query",
+            "tenant=acme",
+            "--query",
+            "x=a b",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dry_run_url_rules(&args, body);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("signature: verified\n"), "{text}");
+    assert!(text.contains("MATCH any"), "{text}");
+}
+
+#[test]
+fn verify_uses_the_host_and_forwarded_scheme_like_the_server() {
+    // Behind a TLS-terminating proxy the server builds the URL from the Host
+    // header and `X-Forwarded-Proto`; so does the dry run.
+    let body = b"MessageSid=SM2&Body=hi";
+    let mut args = twilio_headers(body, "https://hooks.example.com/hooks/tw");
+    args.extend(
+        [
+            "--source",
+            "tw",
+            "--verify",
+            "-H",
+            "Host: hooks.example.com",
+            "-H",
+            "X-Forwarded-Proto: https",
+        ]
+        .map(str::to_owned),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = dry_run_url_rules(&args, body);
+    assert_eq!(code(&out), 0, "{}{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("signature: verified\n"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_handshake_is_shown_as_the_answer_not_routed() {
+    // The server answers Slack's URL verification itself and routes nothing;
+    // the dry run says so instead of matching rules against it.
+    let body = br#"{"type": "url_verification", "challenge": "c-1"}"#;
+    let out = dry_run_url_rules(&["--source", "sl"], body);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "handshake source=sl provider=slack\n\
+         signature: not checked (add --verify)\n\
+         the server would answer the provider's handshake: 200 (application/json) {\"challenge\":\"c-1\"}\n\
+         nothing is stored or routed\n"
+    );
+
+    let out = dry_run_url_rules(&["--source", "sl", "--format", "json"], body);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["handshake"]["status"], 200);
+    assert_eq!(v["handshake"]["body"], r#"{"challenge":"c-1"}"#);
+    assert!(v.get("event").is_none(), "{v}");
+    assert_eq!(v["rules"], json!([]));
 }
