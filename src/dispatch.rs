@@ -9,6 +9,12 @@
 //!
 //! The queue lives in the store, so a crash loses nothing: deliveries leased
 //! by a process that died are due again when the store reopens.
+//!
+//! `ingest` imports this module on purpose, for its fast path: `claim`
+//! reserves workers for an event's deliveries, which are then committed
+//! already leased and run through the returned `Claim` without a trip
+//! through the queue. This module imports nothing from `ingest`, or from
+//! anything else that handles requests (see `lib.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

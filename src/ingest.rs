@@ -4,6 +4,11 @@
 //! one delivery per (matched rule, action), with rule-level `dedup:` keys.
 //! It does not speak HTTP (the server maps outcomes to status codes) and does
 //! not run anything (the dispatcher does, from the store).
+//!
+//! One dependency runs ahead of the data on purpose: when the dispatcher has
+//! free workers, the deliveries are committed already leased and handed to
+//! it as a `dispatch::Claim`, skipping a trip through the store's queue. The
+//! dispatcher imports nothing from here; keep it that way (see `lib.rs`).
 
 use std::time::Duration;
 

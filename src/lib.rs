@@ -2,16 +2,42 @@
 //! rules what should happen, remember what was seen, and make it happen.
 //!
 //! # Layout
+//! The command line: `main.rs` → [`cli`] (clap's types and the dispatch;
+//! nothing imports it) → [`cmd`] (one file per subcommand: `serve`, `check`,
+//! `test`, `inspect`, `sign`).
+//!
 //! The load path turns rule files into an immutable [`rules::RuleSet`]:
-//! `cli` → [`config`] (parse, `${…}`, compile, diagnostics) → [`rules`]
-//! (with [`condition`] and [`template`]).
+//! [`config`] (parse, `${…}`, compile, diagnostics) → [`rules`] (with
+//! [`condition`] and [`template`]; its sources are [`providers::Source`]).
+//! [`reload`] runs it again when the files change.
 //!
 //! The request path, one event at a time, data flowing one way:
-//! `server` (ingress limits, routing by path) → [`providers`] (verify,
-//! handshakes, event type and id; yields `Verified<Event>`) → [`rules`]
-//! (index by source and type, then conditions) → [`store`] (one fsync'd
-//! transaction: dedup key, event, deliveries) → `dispatch` (lease, render,
-//! run, record, retry) → `actions` (http, shell, log).
+//! [`server`] (ingress limits, routing by path; read body, admit, ingest) →
+//! [`providers`] (admission: verify, handshakes, envelope; yields
+//! `Verified<Event>`) → [`ingest`] (route by [`rules`], plan deliveries) →
+//! [`store`] (one fsync'd transaction: dedup key, event, deliveries) →
+//! [`dispatch`] (lease, render, run, record, retry) → [`actions`] (http,
+//! shell, log).
+//!
+//! Beside it: [`admin`] (health, metrics and the events API, behind
+//! [`admin_guard`]) shares [`http_util`] (accept loop, JSON replies) with
+//! `server`; [`ops`] holds the operations on stored deliveries (replay,
+//! listing) that `admin` and `cmd::inspect` both run; [`dryrun`] takes a
+//! request through the same admission and routing without running anything,
+//! for `cmd::test` and `cmd::check`. Leaves: [`event`], [`body`], [`clock`],
+//! [`metrics`], [`telemetry`]. `fuzzing` holds the fuzz harnesses.
+//!
+//! # Dependencies
+//! Imports go one way: no module imports one that imports it back
+//! (`python3 scripts/module-cycles.py` checks). From the bottom up: the
+//! leaves and `http_util`; `event`; `providers` and `store`; `rules` and
+//! `metrics`; `actions` and `config`; `dispatch`, `dryrun` and `reload`;
+//! `ingest`; `ops` and `server`; `admin`; `cmd`; `cli`.
+//!
+//! One edge runs ahead of the data on purpose: `ingest` hands the
+//! deliveries it committed already leased to `dispatch` as a
+//! `dispatch::Claim`, so that an event arriving while workers are free skips
+//! a trip through the store's queue. `dispatch` imports nothing of `ingest`.
 
 pub mod actions;
 pub mod admin;
