@@ -24,6 +24,7 @@ pub mod dispatch;
 pub mod dryrun;
 pub mod envelope;
 pub mod event;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod ingest;
 pub mod inspect;
