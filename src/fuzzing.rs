@@ -549,7 +549,6 @@ pub fn provider_settings(variant: &str) -> ProviderSettings {
     ProviderSettings {
         secrets: vec![Secret::new(secret)],
         tolerance: None,
-        url: None,
         hmac,
     }
 }

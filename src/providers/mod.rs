@@ -110,9 +110,6 @@ pub struct ProviderSettings {
     pub secrets: Vec<Secret>,
     /// Timestamp window; `None` means the provider's default.
     pub tolerance: Option<Duration>,
-    /// The public URL the provider calls (Twilio, Square sign it). `None`
-    /// means the Host header plus the request path.
-    pub url: Option<String>,
     /// Options of the generic `hmac` provider; `None` for every other provider.
     pub hmac: Option<HmacOptions>,
 }

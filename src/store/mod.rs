@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 pub use types::{
     Attempt, BatchStats, Committed, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryRecord,
@@ -397,11 +397,6 @@ impl Store {
     /// does not miss work committed in between. Meant for one dispatcher loop.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.shared.notify.notified()
-    }
-
-    /// The [`Notify`] behind [`Store::notified`], for a task that must own it.
-    pub fn notify_handle(&self) -> Arc<Notify> {
-        Arc::clone(&self.inner.shared.notify)
     }
 
     /// Group-commit statistics since open.

@@ -108,7 +108,6 @@ impl Compiler {
         let settings = ProviderSettings {
             secrets,
             tolerance,
-            url: url.clone(),
             hmac,
         };
         let secret_pos = s.secret.as_ref().map_or(provider_pos, |n| n.pos);
