@@ -1,6 +1,8 @@
 //! The admin listener: health, readiness, metrics, and the events API.
 //!
-//! Owns the routes on `--admin` and their access policy: `/healthz` and
+//! Owns the routes on `--admin` and their access policy: every request
+//! first passes `admin_guard` (its `Host` is this listener's, and a
+//! state-changing one is not from another site); then `/healthz` and
 //! `/readyz` are open (load balancers probe them); `/metrics` and `/api/*`
 //! need `Authorization: Bearer <token>` when `--admin-token` is set. The
 //! API reads and replays through the store's narrow contract and never shows
@@ -8,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -24,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin_guard::Guard;
 use crate::ingest;
 use crate::metrics::Metrics;
 use crate::reload::ReloadStatus;
@@ -37,6 +41,8 @@ pub struct Admin {
     pub token: Option<String>,
     pub metrics: Arc<Metrics>,
     pub reload: Arc<ReloadStatus>,
+    /// Which requests are answered at all.
+    pub guard: Guard,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -72,10 +78,11 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellatio
         };
         let admin = admin.clone();
         let shutdown = shutdown.clone();
+        let local = stream.local_addr().ok();
         tracker.spawn(async move {
             let service = service_fn(move |req| {
                 let admin = admin.clone();
-                async move { Ok::<_, Infallible>(handle(req, &admin).await) }
+                async move { Ok::<_, Infallible>(handle(req, &admin, local).await) }
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -112,7 +119,10 @@ fn query(req: &Request<Incoming>) -> BTreeMap<String, String> {
     crate::envelope::query(req.uri().query())
 }
 
-async fn handle(req: Request<Incoming>, admin: &Admin) -> Resp {
+async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>) -> Resp {
+    if let Err(refusal) = admin.guard.check(&req, local) {
+        return error(refusal.status(), refusal.message());
+    }
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     match (method.as_str(), path.as_str()) {

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Admin};
+use crate::admin_guard::Guard;
 use crate::cli::{LogFormat, ServeArgs};
 use crate::config;
 use crate::dispatch::Dispatcher;
@@ -75,15 +76,20 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
     let addr = listener
         .local_addr()
         .map_or_else(|_| args.listen.clone(), |a| a.to_string());
+    let admin_token = args.admin_token.clone().filter(|t| !t.is_empty());
     let admin_listener = match &args.admin {
-        Some(a) => match TcpListener::bind(a).await {
-            Ok(l) => {
+        Some(a) => match bind_admin(a).await {
+            Ok((l, a)) => {
                 // Before "Listening for webhooks.": once that line is out,
                 // every listener is up and its address has been logged.
-                if let Ok(a) = l.local_addr() {
-                    tracing::info!(admin_addr = %a, auth = args.admin_token.as_deref().is_some_and(|t| !t.is_empty()), "Admin API listening.");
+                tracing::info!(admin_addr = %a, auth = admin_token.is_some(), "Admin API listening.");
+                if admin_token.is_none() && !a.ip().to_canonical().is_loopback() {
+                    tracing::warn!(
+                        admin_addr = %a,
+                        "Admin API on a non-loopback address without --admin-token: anyone who can reach it can read stored events and replay them."
+                    );
                 }
-                Some(l)
+                Some((l, a))
             }
             Err(e) => {
                 tracing::error!(addr = %a, error = %e, "Cannot listen for the admin API.");
@@ -127,13 +133,14 @@ async fn serve(args: &ServeArgs, loaded: config::Loaded) -> ExitCode {
         );
     }
 
-    let admin_task = admin_listener.map(|l| {
+    let admin_task = admin_listener.map(|(l, bound)| {
         let admin = Arc::new(Admin {
             rules: rules.clone(),
             store: store.clone(),
-            token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            token: admin_token,
             metrics: metrics.clone(),
             reload: reload_status.clone(),
+            guard: Guard::new(bound, args.admin_hosts.clone()),
         });
         tokio::spawn(admin::run(l, admin, shutdown.clone()))
     });
@@ -243,6 +250,14 @@ async fn bind(addr: &str) -> std::io::Result<TcpListener> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("the address resolved to nothing")))
+}
+
+/// The admin listener and the address it is bound to, which its `Host`
+/// check accepts.
+async fn bind_admin(addr: &str) -> std::io::Result<(TcpListener, std::net::SocketAddr)> {
+    let l = TcpListener::bind(addr).await?;
+    let a = l.local_addr()?;
+    Ok((l, a))
 }
 
 /// First SIGTERM/SIGINT: drain. Second: exit now.

@@ -220,7 +220,10 @@ pub struct ServeArgs {
         default_value = "hookrouter.redb"
     )]
     pub data: PathBuf,
-    /// Address of the admin API and metrics; off unless given.
+    /// Address of the admin API and metrics; off unless given. It answers
+    /// only requests addressed to its own address, localhost, a loopback
+    /// address or an --admin-host name (else 421), and refuses changes sent
+    /// by a web page of another site (403).
     #[arg(long, value_name = "ADDR", env = "HOOKROUTER_ADMIN")]
     pub admin: Option<String>,
     /// Bearer token required by the admin API.
@@ -231,6 +234,17 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub admin_token: Option<String>,
+    /// A further name the admin listener answers to, as host or host:port
+    /// (with a port, only that port); for a reverse proxy or a load
+    /// balancer that calls it by name. Repeatable, or comma-separated in
+    /// HOOKROUTER_ADMIN_HOST.
+    #[arg(
+        long = "admin-host",
+        value_name = "NAME",
+        env = "HOOKROUTER_ADMIN_HOST",
+        value_delimiter = ','
+    )]
+    pub admin_hosts: Vec<crate::admin_guard::Authority>,
     /// Log format.
     #[arg(
         long,

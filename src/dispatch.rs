@@ -364,15 +364,18 @@ impl Dispatcher {
             started.elapsed().as_secs_f64(),
         );
         let event_id = &leased.event.id;
+        // `status` is passed as the `Option` itself: tracing records the
+        // number when there is one and leaves the field out when there is
+        // none (a log action, a refused connection), never `Some(..)`/`None`.
         match next {
             Next::Done => {
-                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = ?outcome.status, "Delivery done.")
+                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, "Delivery done.")
             }
             Next::RetryAt(due) => {
-                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
+                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
             }
             Next::Dead => {
-                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, error = %detail, "Delivery dead.")
+                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, error = %detail, "Delivery dead.")
             }
         }
         let attempt = Attempt {
@@ -428,7 +431,7 @@ impl Dispatcher {
                 };
                 let out = actions::shell::run(&cmd, action.timeout, max_output).await;
                 if !out.detail.is_empty() {
-                    tracing::info!(event_id = %event_id, rule = %rule.name, status = ?out.status, output = %set.redact(&out.detail), "Command finished.");
+                    tracing::info!(event_id = %event_id, rule = %rule.name, status = out.status, output = %set.redact(&out.detail), "Command finished.");
                 }
                 out
             }

@@ -14,7 +14,7 @@ use crate::dispatch::{Claim, Dispatcher};
 use crate::event::Event;
 use crate::providers::Verified;
 use crate::rules::RuleSet;
-use crate::store::{Committed, NewDelivery, NewEvent, Store, StoreError};
+use crate::store::{Committed, DedupKey, NewDelivery, NewEvent, Store, StoreError};
 
 /// What became of an accepted event.
 pub enum Outcome {
@@ -41,7 +41,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 /// The event-level dedup key: the same event id from the same source.
 pub fn dedup_key(event: &Event) -> String {
-    format!("{}\u{0}{}", event.source, event.id)
+    DedupKey::stored(&event.source, &event.id)
 }
 
 /// The deliveries an event creates under `set`, with the names of the rules

@@ -15,6 +15,7 @@
 
 pub mod actions;
 pub mod admin;
+pub mod admin_guard;
 pub mod app;
 pub mod body;
 pub mod cli;

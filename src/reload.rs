@@ -103,7 +103,7 @@ impl Reloader {
                 self.rules.store(Arc::new(loaded.rules));
                 self.status.set(true, Vec::new());
                 self.metrics.record_reload(true, now);
-                tracing::info!(trigger = why, sources, rules, "Rules reloaded.");
+                tracing::info!(trigger = %why, sources, rules, "Rules reloaded.");
                 true
             }
             Ok(Err(diags)) => {

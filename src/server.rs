@@ -250,7 +250,7 @@ async fn respond(
             return resp;
         }
         Err(AdmitError::Verify(e)) => {
-            tracing::warn!(source = %source.name, reason = e.reason(), detail = %e, "Signature verification failed.");
+            tracing::warn!(source = %source.name, reason = %e.reason(), detail = %e, "Signature verification failed.");
             ingress
                 .metrics
                 .record_verify_failure(&source.name, e.reason());
@@ -289,7 +289,9 @@ async fn respond(
             deliveries,
             run,
         }) => {
-            tracing::info!(event_id = %id, key = %key, source = %source.name, rules = ?matched, deliveries, "Event accepted.");
+            // No rule matched: no `rules` field, rather than an empty one.
+            let rules = (!matched.is_empty()).then(|| matched.join(","));
+            tracing::info!(event_id = %id, key = %key, source = %source.name, rules = rules.as_deref().map(tracing::field::display), deliveries, "Event accepted.");
             if let Some(run) = run {
                 run.start();
             }

@@ -4,6 +4,12 @@
 //! `RUST_LOG`-style directives such as `hookrouter=debug,hyper=warn`).
 //! Lines about an event carry an `event_id` field; message text never
 //! includes secrets or request bodies.
+//!
+//! Field values read as plain values in both formats, never as Rust debug
+//! text: words and strings are recorded with `%` (the text format quotes
+//! plain `&str` fields), an optional number is passed as the `Option` itself
+//! so that it is a bare number when present and the field is left out when
+//! absent, and lists are joined with commas.
 
 use tracing_subscriber::EnvFilter;
 

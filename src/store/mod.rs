@@ -30,9 +30,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 pub use types::{
-    Attempt, BatchStats, Committed, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryRecord,
-    DeliveryState, EventDetail, EventSummary, FailureContext, Leased, MAX_DETAIL_BYTES,
-    NewDelivery, NewEvent, Next, ParseStateError, PruneStats, QueueDepth,
+    Attempt, BatchStats, Committed, DedupKey, DeliveryCounts, DeliveryDetail, DeliveryId,
+    DeliveryRecord, DeliveryState, EventDetail, EventSummary, FailureContext, Leased,
+    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, ParseStateError, PruneStats, QueueDepth,
 };
 
 use schema::{
@@ -450,7 +450,7 @@ impl Store {
         Ok(Some(EventDetail {
             key: key.to_owned(),
             received_ms: row.received_ms,
-            dedup_key: row.dedup_key,
+            dedup: DedupKey::from_stored(&row.dedup_key),
             event: row.event,
             deliveries: out,
         }))

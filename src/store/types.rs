@@ -29,7 +29,7 @@ pub const MAX_DETAIL_BYTES: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub event: Event,
-    /// Event-level dedup key, e.g. `"github\u{0}<delivery-id>"`. If the key is
+    /// Event-level dedup key, made by [`DedupKey::stored`]. If the key is
     /// already recorded and unexpired, the commit answers
     /// [`Committed::Duplicate`] and writes nothing. An empty key disables
     /// event-level dedup for this event.
@@ -215,12 +215,44 @@ pub enum Next {
     Dead,
 }
 
+/// An event-level dedup key as a person reads it: the source and the
+/// provider's event id that make an event a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupKey {
+    pub source: String,
+    pub id: String,
+}
+
+impl DedupKey {
+    /// The stored form: source and id joined by a NUL. A source name never
+    /// holds one, so the first NUL separates them even if an id taken from a
+    /// body does.
+    pub fn stored(source: &str, id: &str) -> String {
+        format!("{source}\u{0}{id}")
+    }
+
+    /// Read a stored key back; `None` for the empty key (event-level dedup
+    /// off). A key without the separator is all id.
+    pub fn from_stored(key: &str) -> Option<Self> {
+        if key.is_empty() {
+            return None;
+        }
+        let (source, id) = key.split_once('\u{0}').unwrap_or(("", key));
+        Some(DedupKey {
+            source: source.to_owned(),
+            id: id.to_owned(),
+        })
+    }
+}
+
 /// An event with all its deliveries and their attempts, for inspection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventDetail {
     pub key: String,
     pub received_ms: u64,
-    pub dedup_key: String,
+    /// Shown split, never in its stored form, whose NUL separator reads as
+    /// `\u0000` in JSON.
+    pub dedup: Option<DedupKey>,
     pub event: Event,
     /// In id (creation) order.
     pub deliveries: Vec<DeliveryDetail>,
@@ -313,4 +345,26 @@ pub struct BatchStats {
 impl BatchStats {
     /// Upper bounds of the histogram buckets, in commands per transaction.
     pub const BUCKETS: [u64; 7] = [1, 2, 4, 8, 16, 64, 256];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DedupKey;
+
+    #[test]
+    fn dedup_key_reads_back_as_source_and_id() {
+        let key = |source: &str, id: &str| {
+            Some(DedupKey {
+                source: source.to_owned(),
+                id: id.to_owned(),
+            })
+        };
+        let stored = DedupKey::stored("github", "demo-2");
+        assert_eq!(DedupKey::from_stored(&stored), key("github", "demo-2"));
+        // An id from a body may hold the separator; the source never does.
+        let odd = DedupKey::stored("stripe", "evt\u{0}1");
+        assert_eq!(DedupKey::from_stored(&odd), key("stripe", "evt\u{0}1"));
+        assert_eq!(DedupKey::from_stored(""), None);
+        assert_eq!(DedupKey::from_stored("bare"), key("", "bare"));
+    }
 }

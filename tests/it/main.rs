@@ -19,7 +19,9 @@
 //! | the bounded worker pool | `workers.rs` |
 //! | hot reload: watcher, SIGHUP, failed reloads | `reload.rs` |
 //! | the admin listener: probes, metrics, the token | `admin.rs` |
+//! | the admin listener answers only its own names; cross-site writes refused | `admin_guard.rs` |
 //! | logs: secrets kept out, JSON lines carrying the event id | `logging.rs` |
+//! | log fields and the events API print plain values, never Rust debug text | `log_fields.rs` |
 //! | retention: pruning, and the dedup window it keeps | `retention.rs` |
 //! | shutdown: draining on SIGTERM, the second signal | `shutdown.rs` |
 //! | `kill -9` right after a 202 and mid-burst | `crash.rs` |
@@ -30,6 +32,7 @@
 
 mod actions;
 mod admin;
+mod admin_guard;
 mod check;
 mod cli_help;
 mod crash;
@@ -37,6 +40,7 @@ mod dedup;
 mod dryrun;
 mod fuzz_seeds;
 mod hostile;
+mod log_fields;
 mod logging;
 mod providers;
 mod reload;
