@@ -1,5 +1,7 @@
 //! Fuzz target bodies, shared by the cargo-fuzz crate in `fuzz/` and by the
 //! seed replay that runs on stable with `cargo test` (`tests/it/fuzz_seeds.rs`).
+//! Compiled only with the `fuzzing` feature, which both of them turn on, so
+//! the release binary does not carry it.
 //!
 //! Each function takes arbitrary bytes, feeds them to one surface that reads
 //! untrusted or hand-written input, and panics only when an invariant breaks:
@@ -546,7 +548,6 @@ pub fn provider_settings(variant: &str) -> ProviderSettings {
     ProviderSettings {
         secrets: vec![Secret::new(secret)],
         tolerance: None,
-        url: None,
         hmac,
     }
 }

@@ -51,6 +51,7 @@ pub mod config;
 pub mod dispatch;
 pub mod dryrun;
 pub mod event;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http_util;
 pub mod ingest;

@@ -15,6 +15,7 @@ pub mod diag;
 pub mod interp;
 pub mod node;
 pub mod raw;
+pub mod syntax;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -140,6 +141,12 @@ pub fn parse(file: &Path, text: &str) -> Result<raw::FileConfig, Diagnostic> {
             rules: Vec::new(),
             tests: Vec::new(),
         });
+    }
+    // Syntax first: deserializing stops at the first shape error, which a
+    // misindented line can cause before the parser reports the line itself.
+    if let Err(e) = syntax::check(text) {
+        let owner = owner_by_text(text, e.pos.line);
+        return Err(Diagnostic::new(file, e.pos, owner.as_ref(), e.message));
     }
     serde_saphyr::from_str_with_options::<raw::FileConfig>(text, yaml_options()).map_err(|e| {
         let pos = e.location().map_or(Pos::default(), |l| Pos {

@@ -112,7 +112,7 @@ mod tests {
 
     use super::*;
     use crate::providers::Outgoing;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     /// RFC 8032 section 7.1, test 1.
     const SECRET_KEY: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";

@@ -106,7 +106,7 @@ pub(super) fn tests_options() -> super::HmacOptions {
 mod tests {
     use super::*;
     use crate::providers::HmacOptions;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     fn with_options(
         options: HmacOptions,

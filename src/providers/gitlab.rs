@@ -61,7 +61,7 @@ impl Provider for GitLab {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     const SECRET: &str = "my-gitlab-secret-token";
 

@@ -86,7 +86,7 @@ impl Provider for Linear {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     #[test]
     fn basics() {

@@ -113,7 +113,7 @@ impl Provider for Mailgun {
 mod tests {
     use super::*;
     use crate::providers::Outgoing;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     const KEY: &str = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0";
     const TS: i64 = 1_403_645_220;

@@ -29,7 +29,7 @@ impl Provider for Unverified {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     #[test]
     fn accepts_anything() {

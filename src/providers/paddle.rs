@@ -64,7 +64,7 @@ impl Provider for Paddle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     const HEADER: &str = "Paddle-Signature";
 

@@ -59,7 +59,7 @@ impl Provider for PagerDuty {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     #[test]
     fn basics() {

@@ -57,7 +57,7 @@ impl Provider for Shopify {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     #[test]
     fn basics() {

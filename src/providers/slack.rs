@@ -74,7 +74,7 @@ impl Provider for Slack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     #[test]
     fn basics() {

@@ -201,7 +201,7 @@ mod tests {
     use ed25519_dalek::{Signer, SigningKey};
 
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
     const MSG_ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";

@@ -67,7 +67,7 @@ impl Provider for Stripe {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     const HEADER: &str = "Stripe-Signature";
     const T: &str = "1700000000";

@@ -170,7 +170,7 @@ impl Provider for Twilio {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     const TOKEN: &str = "12345";
     const FORM: &[u8] =

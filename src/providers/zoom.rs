@@ -89,7 +89,7 @@ impl Provider for Zoom {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::common::testing::*;
+    use crate::providers::testkit::*;
 
     const VALIDATION: &[u8] = br#"{"payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1654503849680,"event":"endpoint.url_validation"}"#;
     const ENCRYPTED: &str = "70c1f2e2e6ca2d39297490d1f9142c7d701415ea8e6151f6562a08fa657a40ff";

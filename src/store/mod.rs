@@ -10,11 +10,15 @@
 //! the caller and handed in as [`Next`]), rule matching or action execution.
 //!
 //! Threading: every write goes through one dedicated writer thread that
-//! group-commits (see `writer`); the async write methods only enqueue and
+//! group-commits (see `writer`, with what each command does in `ops` and
+//! `prune`, and opening a file in `migrate`); the async write methods only enqueue and
 //! await the answer. Read methods are synchronous and block on disk I/O: call
 //! them from `spawn_blocking` (or use [`Store::read`]). redb read transactions
 //! are snapshots and run concurrently with the writer.
 
+mod migrate;
+mod ops;
+mod prune;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -27,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 pub use types::{
     Attempt, BatchStats, Committed, DedupKey, DeliveryCounts, DeliveryDetail, DeliveryId,
@@ -35,11 +39,12 @@ pub use types::{
     MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, ParseStateError, PruneStats, QueueDepth,
 };
 
+use prune::PruneChunk;
 use schema::{
     ATTEMPTS, DEAD, DELIVERIES, DUE, EVENT_DELIVERIES, EVENTS, LEASED, attempts_of,
     decode_delivery, delivery_ids_of, load_delivery,
 };
-use writer::{Cmd, Op, Out, PruneChunk, Shared};
+use writer::{Cmd, Op, Out, Shared};
 
 /// Commands that may wait for the writer before senders are made to wait
 /// (asynchronously) too. Bounds memory when the disk is slower than arrivals.
@@ -164,7 +169,7 @@ impl Store {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
-        let pending = writer::prepare(&db, crate::clock::now_ms())?;
+        let pending = migrate::prepare(&db, crate::clock::now_ms())?;
         let db = Arc::new(db);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -206,7 +211,7 @@ impl Store {
     /// its dedup key was already seen. When this returns `Accepted`, the event
     /// is on disk (fsync'd); it is safe to answer 202.
     pub async fn commit(&self, ev: NewEvent) -> Result<Committed, StoreError> {
-        let row = writer::event_row(&ev)?;
+        let row = ops::event_row(&ev)?;
         match self.call(Op::Commit(ev, row, None)).await? {
             Out::Committed(c, _) => Ok(c),
             _ => Err(StoreError::Internal("unexpected answer to commit")),
@@ -223,7 +228,7 @@ impl Store {
         mut ev: NewEvent,
         lease_ms: u64,
     ) -> Result<(Committed, Vec<Leased>), StoreError> {
-        let row = writer::event_row(&ev)?;
+        let row = ops::event_row(&ev)?;
         // The row has the body's text now; the deliveries that run from
         // memory need only the parsed value.
         ev.event.body.forget_text();
@@ -324,12 +329,12 @@ impl Store {
     }
 
     /// Deletes events received more than `events_older_than_ms` before
-    /// `now_ms` whose deliveries are all `Done`/`Dead`, with their deliveries
-    /// and attempts, and dedup keys expired by `now_ms`. Events with work
-    /// left are kept whatever their age.
+    /// `now_ms` whose deliveries are all `Done`/`Dead` and whose dedup window
+    /// closed by `now_ms`, with their deliveries, attempts and dedup keys.
+    /// Events with work left are kept whatever their age.
     ///
     /// Runs as a series of bounded write transactions (a few hundred events
-    /// or a thousand dedup keys each), so commits never wait long behind it.
+    /// each), so commits never wait long behind it.
     pub async fn prune(
         &self,
         now_ms: u64,
@@ -338,14 +343,12 @@ impl Store {
         let cutoff_ms = now_ms.saturating_sub(events_older_than_ms);
         let mut total = PruneStats::default();
         let mut after = None;
-        let mut events_done = false;
         loop {
             let out = match self
                 .call(Op::Prune(PruneChunk {
                     now_ms,
                     cutoff_ms,
                     after: after.take(),
-                    events_done,
                 }))
                 .await?
             {
@@ -355,10 +358,7 @@ impl Store {
             total.add(&out.stats);
             match out.cursor {
                 Some(c) => after = Some(c),
-                None => events_done = true,
-            }
-            if events_done {
-                return Ok(total);
+                None => return Ok(total),
             }
         }
     }
@@ -397,11 +397,6 @@ impl Store {
     /// does not miss work committed in between. Meant for one dispatcher loop.
     pub fn notified(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.shared.notify.notified()
-    }
-
-    /// The [`Notify`] behind [`Store::notified`], for a task that must own it.
-    pub fn notify_handle(&self) -> Arc<Notify> {
-        Arc::clone(&self.inner.shared.notify)
     }
 
     /// Group-commit statistics since open.
@@ -608,7 +603,7 @@ impl Store {
 }
 
 /// Decode leased rows, each distinct event once, on the caller's thread.
-fn decode_leased(rows: Vec<writer::LeasedRow>) -> Result<Vec<Leased>, StoreError> {
+fn decode_leased(rows: Vec<ops::LeasedRow>) -> Result<Vec<Leased>, StoreError> {
     let mut events: std::collections::HashMap<String, Arc<crate::event::Event>> =
         std::collections::HashMap::new();
     let mut out = Vec::with_capacity(rows.len());

@@ -1,10 +1,11 @@
 //! The redb table layout and the row codecs.
 //!
-//! Owns the table definitions, the JSON row encodings and the small
-//! read helpers shared by the writer thread and the read side. It does not own
-//! any policy (dedup, leasing, retries): that is `writer`. Every index below is
-//! maintained by `writer` in the same transaction as the row it points to, so
-//! the indexes never disagree with the rows after a commit.
+//! Owns the table definitions, the row encodings and the small read helpers
+//! shared by the writer thread and the read side. It does not own any policy
+//! (dedup, leasing, retries, retention): that is `ops` and `prune`, run by
+//! `writer`. Every index below is maintained in the same transaction as the
+//! row it points to, so the indexes never disagree with the rows after a
+//! commit.
 //!
 //! | table              | key                    | value                | what for |
 //! |--------------------|------------------------|----------------------|----------|
@@ -60,7 +61,7 @@ pub(super) const META_NEXT_ID: &str = "next_delivery_id";
 pub(super) const META_SCHEMA: &str = "schema_version";
 pub(super) const SCHEMA_VERSION: u64 = 3;
 
-/// Tables of layout version 1 that version 2 replaced; `writer::prepare`
+/// Tables of layout version 1 that version 2 replaced; `migrate::prepare`
 /// migrates them.
 pub(super) mod v1 {
     use redb::TableDefinition;

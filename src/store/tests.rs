@@ -10,9 +10,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::ops::{self, KeyGen};
 use super::schema;
-use super::writer::{self, KeyGen, Op, Out};
+use super::writer::{self, Op, Out};
 use super::*;
+use super::{migrate, prune};
 use crate::event::Event;
 
 const WINDOW: u64 = 10_000;
@@ -160,10 +162,10 @@ async fn duplicate_after_reopen() {
 fn duplicates_within_one_batch() {
     let dir = tempdir();
     let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
-    writer::prepare(&db, 0).expect("prepare");
+    migrate::prepare(&db, 0).expect("prepare");
     let mut keys = KeyGen::new();
     let commit = |ev: NewEvent| {
-        let row = writer::event_row(&ev).expect("row");
+        let row = ops::event_row(&ev).expect("row");
         Op::Commit(ev, row, None)
     };
     let first = commit(new_event("a", 1_000, vec![delivery("r", 0)]));
@@ -203,11 +205,11 @@ fn duplicates_within_one_batch() {
 fn commands_arriving_during_a_batch_join_its_commit() {
     let dir = tempdir();
     let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
-    writer::prepare(&db, 0).expect("prepare");
+    migrate::prepare(&db, 0).expect("prepare");
     let shared = writer::Shared::default();
     let mut keys = KeyGen::new();
     let commit = |ev: NewEvent| {
-        let row = writer::event_row(&ev).expect("row");
+        let row = ops::event_row(&ev).expect("row");
         Op::Commit(ev, row, None)
     };
     let (first_reply, first) = tokio::sync::oneshot::channel();
@@ -634,7 +636,7 @@ async fn prune_removes_old_finished_events_only() {
 async fn prune_works_in_chunks() {
     let dir = tempdir();
     let store = open(dir.path());
-    let n = writer::PRUNE_EVENTS_PER_CHUNK as u64 * 2 + 10;
+    let n = prune::PRUNE_EVENTS_PER_CHUNK as u64 * 2 + 10;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..n {
         let store = store.clone();
@@ -920,7 +922,7 @@ fn event_rows_round_trip_compressed_plain_and_old() {
     let mut large = new_event("b", 1_000, vec![]);
     large.event.body = json!({ "commits": vec!["the same long commit message text"; 100] }).into();
     for ev in [&small, &large] {
-        let row = writer::event_row(ev).expect("row");
+        let row = ops::event_row(ev).expect("row");
         let back = schema::decode_event_row(&row).expect("decode");
         assert_eq!(back.event, ev.event);
         assert_eq!(back.dedup_key, ev.dedup_key);
@@ -930,7 +932,7 @@ fn event_rows_round_trip_compressed_plain_and_old() {
     let mut raw = new_event("c", 1_000, vec![]);
     let text = b" {\"z\": [1, 2.5e3, \"\\u00e9\"],\n \"a\": {\"k\": null}, \"a\": true} ";
     raw.event.body = crate::body::parse(None, text).expect("body");
-    let row = writer::event_row(&raw).expect("row");
+    let row = ops::event_row(&raw).expect("row");
     let back = schema::decode_event_row(&row).expect("decode");
     assert_eq!(back.event, raw.event);
     assert_eq!(back.event.body, json!({"z": [1, 2500.0, "é"], "a": true}));
@@ -940,9 +942,9 @@ fn event_rows_round_trip_compressed_plain_and_old() {
         "the body's own text is in the row"
     );
 
-    let plain = writer::event_row(&small).expect("row");
+    let plain = ops::event_row(&small).expect("row");
     assert_eq!(plain.first(), Some(&b'{'), "a small row stays JSON");
-    let packed = writer::event_row(&large).expect("row");
+    let packed = ops::event_row(&large).expect("row");
     let json_len = serde_json::to_vec(&large.event).expect("json").len();
     assert!(
         packed.len() * 4 < json_len,

@@ -1,4 +1,4 @@
-//! The single writer thread and everything that mutates the database.
+//! The single writer thread: group commit and the write protocol.
 //!
 //! Owns group commit: one `std::thread` receives commands from a bounded
 //! channel, drains everything queued (up to [`MAX_BATCH`]), applies all of it
@@ -8,10 +8,12 @@
 //! One fsync thus covers many webhooks under load, and nobody is told "stored"
 //! before the data is on disk.
 //!
-//! It also owns the policies applied inside a transaction: event- and
-//! rule-level dedup, id allocation, leasing, attempt bookkeeping, prune.
-//! It does not own the public handle, the read side or the table layout
-//! (`mod.rs`, `schema.rs`).
+//! It owns the commands the handle sends ([`Op`]) and their answers ([`Out`]),
+//! the batch counters, and the choice of durability per transaction. What each
+//! command does inside the transaction is in `ops` (commit, lease, finish,
+//! replay) and `prune`; opening and migrating a file is in `migrate`. It does
+//! not own the public handle, the read side or the table layout (`mod.rs`,
+//! `schema.rs`).
 //!
 //! Failure isolation: a command that refers to something missing (unknown
 //! event or delivery) is rejected before it writes anything, and the batch goes
@@ -20,33 +22,25 @@
 //! command cannot fail its neighbours, while a dead disk fails each of them
 //! with its own error.
 
-use std::collections::{HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{Database, ReadableTable, ReadableTableMetadata, WriteTransaction};
-use serde::Serialize;
+use redb::{Database, WriteTransaction};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::clock::{self, now_ms};
+use crate::clock::now_ms;
 
 use super::StoreError;
-use super::schema::{
-    META_SCHEMA, SCHEMA_VERSION, WriteTables, decode_event_keys, delivery_ids_of, event_dedup_key,
-    load_delivery, rule_dedup_key, v1, with_deliveries,
-};
+use super::ops::{self, Effects, KeyGen, LeasedRow};
+use super::prune::{self, PruneChunk, PruneOut};
+use super::schema::WriteTables;
 use super::types::{
-    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased,
-    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, PruneStats,
+    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, Leased, NewDelivery, NewEvent, Next,
 };
 
 /// Most commands applied in one write transaction. Bounds how long a batch
 /// holds the writer (and how much an aborted batch has to redo one by one).
 pub(super) const MAX_BATCH: usize = 512;
-
-/// Events examined per prune chunk.
-pub(super) const PRUNE_EVENTS_PER_CHUNK: usize = 256;
 
 /// A write request.
 pub(super) enum Op {
@@ -73,23 +67,6 @@ pub(super) enum Op {
     Prune(PruneChunk),
 }
 
-/// One bounded step of a prune; `Store::prune` loops over these so that other
-/// writers get the writer between chunks.
-pub(super) struct PruneChunk {
-    pub now_ms: u64,
-    pub cutoff_ms: u64,
-    /// Last event key examined by the previous chunk.
-    pub after: Option<String>,
-    /// Events are finished; only dedup keys remain.
-    pub events_done: bool,
-}
-
-pub(super) struct PruneOut {
-    pub stats: PruneStats,
-    /// Where the next chunk resumes the event scan; `None` when it is done.
-    pub cursor: Option<String>,
-}
-
 /// The answer to an [`Op`].
 pub(super) enum Out {
     /// With the records of the deliveries created leased, if any.
@@ -103,9 +80,6 @@ pub(super) enum Out {
     Ids(Vec<DeliveryId>),
     Pruned(PruneOut),
 }
-
-/// A leased delivery and its event's stored row.
-pub(super) type LeasedRow = (DeliveryRecord, Arc<Vec<u8>>);
 
 pub(super) type Reply = oneshot::Sender<Result<Out, StoreError>>;
 
@@ -173,117 +147,6 @@ impl Counters {
             histogram: self.histogram.each_ref().map(|h| h.load(Ordering::Relaxed)),
         }
     }
-}
-
-/// Event keys: ULIDs whose timestamp is the receive time, monotonic within
-/// this process so keys sort in commit order even within one millisecond.
-/// `list_events` pages by key and `prune` range-scans by key.
-pub(super) struct KeyGen(ulid::Generator);
-
-impl KeyGen {
-    pub(super) fn new() -> Self {
-        KeyGen(ulid::Generator::new())
-    }
-
-    fn next(&mut self, ms: u64) -> String {
-        let at = clock::from_unix_ms(ms);
-        match self.0.generate_from_datetime(at) {
-            Ok(u) => u.to_string(),
-            // Only after 2^80 keys in one millisecond; a random ULID is still unique.
-            Err(_) => ulid::Ulid::from_datetime(at).to_string(),
-        }
-    }
-}
-
-/// Prepares a freshly opened database: creates the tables, checks the schema
-/// version, and turns every `Leased` delivery back into `Pending`, due `now`.
-/// A lease outliving its process means the worker may or may not have run
-/// the action; running it again is the at-least-once promise.
-/// Returns the number of pending deliveries.
-pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
-    let txn = db.begin_write()?;
-    let found = {
-        let meta = txn.open_table(super::schema::META)?;
-        meta.get(META_SCHEMA)?.map(|g| g.value())
-    };
-    match found {
-        None | Some(SCHEMA_VERSION) => {}
-        Some(1) => migrate_v1(&txn)?,
-        // Layout 3 writes delivery rows in postcard form and still reads the
-        // JSON rows of layout 2, so moving up is only the version number.
-        Some(2) => {}
-        Some(v) => {
-            return Err(StoreError::Schema {
-                found: v,
-                supported: SCHEMA_VERSION,
-            });
-        }
-    }
-    let pending = {
-        let mut t = WriteTables::open(&txn)?;
-        if found != Some(SCHEMA_VERSION) {
-            t.meta.insert(META_SCHEMA, SCHEMA_VERSION)?;
-        }
-        let mut leased = Vec::new();
-        for item in t.leased.iter()? {
-            let (k, _) = item?;
-            leased.push(k.value());
-        }
-        if !leased.is_empty() {
-            tracing::info!(
-                count = leased.len(),
-                "requeueing deliveries leased before restart"
-            );
-        }
-        for (until, id) in leased {
-            t.leased.remove((until, id))?;
-            if let Some(mut rec) = load_delivery(&t.deliveries, id)? {
-                rec.state = DeliveryState::Pending;
-                rec.lease_until_ms = None;
-                rec.due_at_ms = now;
-                t.put_delivery(&rec)?;
-                t.due.insert((now, id), ())?;
-            }
-        }
-        t.due.len()?
-    };
-    txn.commit()?;
-    Ok(pending)
-}
-
-/// Moves a layout-1 file to layout 2, in the caller's transaction: the
-/// `done` index goes (its length follows from the other states), and the
-/// expiry index of rule-level dedup keys becomes `rule_dedup` (event-level
-/// keys are found from the event row).
-fn migrate_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
-    let mut rule_keys = Vec::new();
-    {
-        let expiry = txn.open_table(v1::DEDUP_EXPIRY)?;
-        let dedup = txn.open_table(super::schema::DEDUP)?;
-        for item in expiry.iter()? {
-            let (k, _) = item?;
-            let (_, dedup_key) = k.value();
-            if !dedup_key.starts_with('r') {
-                continue;
-            }
-            if let Some(g) = dedup.get(dedup_key)? {
-                rule_keys.push((g.value().0.to_owned(), dedup_key.to_owned()));
-            }
-        }
-    }
-    {
-        let mut rule_dedup = txn.open_table(super::schema::RULE_DEDUP)?;
-        for (event, dedup_key) in &rule_keys {
-            rule_dedup.insert((event.as_str(), dedup_key.as_str()), ())?;
-        }
-    }
-    txn.delete_table(v1::DONE)?;
-    txn.delete_table(v1::DEDUP_EXPIRY)?;
-    tracing::info!(
-        rule_dedup_keys = rule_keys.len(),
-        "data file moved to layout 2"
-    );
-    Ok(())
 }
 
 /// The writer thread's body. Returns when every handle is gone or after a
@@ -417,15 +280,6 @@ fn finish_txn(shared: &Shared, done: &Transacted, commands: usize) {
     if done.wake {
         shared.notify.notify_one();
     }
-}
-
-/// Side effects of applying ops, decided inside the transaction.
-#[derive(Default)]
-struct Effects {
-    /// Something was written: commit (fsync) rather than abort.
-    dirty: bool,
-    /// Due work was created or rescheduled: wake the dispatcher after commit.
-    wake: bool,
 }
 
 pub(super) struct Transacted {
@@ -564,559 +418,23 @@ fn apply(
     fx: &mut Effects,
 ) -> Result<Out, StoreError> {
     match op {
-        Op::Commit(ev, row, lease_ms) => {
-            commit(t, ev, row, *lease_ms, keys, fx).map(|(c, leased)| Out::Committed(c, leased))
-        }
+        Op::Commit(ev, row, lease_ms) => ops::commit(t, ev, row, *lease_ms, keys, fx)
+            .map(|(c, leased)| Out::Committed(c, leased)),
         Op::Lease {
             now_ms,
             limit,
             lease_ms,
-        } => lease(t, *now_ms, *limit, *lease_ms, fx).map(Out::Leased),
+        } => ops::lease(t, *now_ms, *limit, *lease_ms, fx).map(Out::Leased),
         Op::Finish {
             delivery,
             attempt,
             next,
             follow_ups,
-        } => finish(t, *delivery, attempt, *next, follow_ups, now, fx).map(Out::Ids),
+        } => ops::finish(t, *delivery, attempt, *next, follow_ups, now, fx).map(Out::Ids),
         Op::Replay {
             event_key,
             deliveries,
-        } => replay(t, event_key, deliveries, now, fx).map(Out::Ids),
-        Op::Prune(chunk) => prune(t, chunk, fx).map(Out::Pruned),
+        } => ops::replay(t, event_key, deliveries, now, fx).map(Out::Ids),
+        Op::Prune(chunk) => prune::prune(t, chunk, fx).map(Out::Pruned),
     }
-}
-
-/// The stored row of a new event: `{"event":{..,"body":..},..}`, the same
-/// JSON document `Event` serializes to, with the body spliced in. A JSON
-/// body goes in as the sender wrote it (it was checked on the way in), so
-/// the row costs a copy of the payload, not a re-encoding of it.
-pub(super) fn event_row(ev: &NewEvent) -> Result<Vec<u8>, StoreError> {
-    let e = &ev.event;
-    let encoded;
-    let body = match e.body.raw_json() {
-        Some(raw) => raw,
-        None => {
-            encoded = serde_json::to_vec(e.body.value())?;
-            encoded.as_slice()
-        }
-    };
-    let head = serde_json::to_vec(&EventHead {
-        id: &e.id,
-        kind: &e.kind,
-        source: &e.source,
-        provider: &e.provider,
-        received_at: &e.received_at,
-        headers: &e.headers,
-        query: &e.query,
-    })?;
-    let tail = serde_json::to_vec(&RowTail {
-        received_ms: ev.received_ms,
-        dedup_key: &ev.dedup_key,
-        dedup_until_ms: ev.dedup_until_ms,
-    })?;
-    let (Some((b'}', head)), Some((b'{', tail))) = (head.split_last(), tail.split_first()) else {
-        return Err(StoreError::Internal(
-            "an event row did not encode as an object",
-        ));
-    };
-    let mut json = Vec::with_capacity(head.len() + body.len() + tail.len() + 24);
-    json.extend_from_slice(b"{\"event\":");
-    json.extend_from_slice(head);
-    json.extend_from_slice(b",\"body\":");
-    json.extend_from_slice(body);
-    json.extend_from_slice(b"},");
-    json.extend_from_slice(tail);
-    Ok(super::schema::encode_event_row(json))
-}
-
-/// An event's fields other than its body, as `Event` serializes them.
-#[derive(Serialize)]
-struct EventHead<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    source: &'a str,
-    provider: &'a str,
-    received_at: &'a str,
-    headers: &'a std::collections::BTreeMap<String, String>,
-    query: &'a std::collections::BTreeMap<String, String>,
-}
-
-/// The row's fields after the event.
-#[derive(Serialize)]
-struct RowTail<'a> {
-    received_ms: u64,
-    dedup_key: &'a str,
-    dedup_until_ms: u64,
-}
-
-/// The event key behind `dedup_key` if the entry exists and expires after
-/// `at_ms`.
-fn live_dedup(
-    t: &WriteTables<'_>,
-    dedup_key: &str,
-    at_ms: u64,
-) -> Result<Option<String>, StoreError> {
-    Ok(t.dedup.get(dedup_key)?.and_then(|g| {
-        let (event_key, expires) = g.value();
-        (expires > at_ms).then(|| event_key.to_owned())
-    }))
-}
-
-/// Records (or renews) a dedup entry. It is removed when its event is
-/// pruned, which happens only after it expired (see [`prune_event`]).
-fn put_dedup(
-    t: &mut WriteTables<'_>,
-    dedup_key: &str,
-    event_key: &str,
-    expires: u64,
-) -> Result<(), StoreError> {
-    t.dedup.insert(dedup_key, (event_key, expires))?;
-    Ok(())
-}
-
-/// Where a new delivery is linked to its event.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Indexed {
-    /// In the event row's header, which the caller writes.
-    InRow,
-    /// In `event_deliveries`: the event row already exists.
-    Table,
-}
-
-/// Creates a delivery, `Pending` and due at `due_ms`, or already `Leased`
-/// until `lease_until` (its caller runs it from memory).
-fn create_delivery(
-    t: &mut WriteTables<'_>,
-    event_key: &str,
-    d: &NewDelivery,
-    due_ms: u64,
-    lease_until: Option<u64>,
-    index: Indexed,
-) -> Result<DeliveryRecord, StoreError> {
-    let id = t.next_delivery_id()?;
-    let rec = DeliveryRecord {
-        id,
-        event_key: event_key.to_owned(),
-        rule: d.rule.clone(),
-        action: d.action,
-        kind: d.kind.clone(),
-        state: if lease_until.is_some() {
-            DeliveryState::Leased
-        } else {
-            DeliveryState::Pending
-        },
-        attempts: 0,
-        due_at_ms: due_ms,
-        created_ms: due_ms,
-        lease_until_ms: lease_until,
-        success: None,
-        last_error: None,
-        on_failure: d.on_failure.clone(),
-    };
-    t.put_delivery(&rec)?;
-    match lease_until {
-        Some(until) => t.leased.insert((until, id), ())?,
-        None => t.due.insert((due_ms, id), ())?,
-    };
-    if index == Indexed::Table {
-        t.event_deliveries.insert((event_key, id), ())?;
-    }
-    Ok(rec)
-}
-
-/// Records an event and its deliveries. With `lease_ms`, the deliveries are
-/// created leased and their records returned for the caller to run.
-fn commit(
-    t: &mut WriteTables<'_>,
-    ev: &NewEvent,
-    row: &[u8],
-    lease_ms: Option<u64>,
-    keys: &mut KeyGen,
-    fx: &mut Effects,
-) -> Result<(Committed, Vec<DeliveryRecord>), StoreError> {
-    let at = ev.received_ms;
-    let event_dedup = (!ev.dedup_key.is_empty()).then(|| event_dedup_key(&ev.dedup_key));
-    if let Some(k) = &event_dedup {
-        if let Some(original) = live_dedup(t, k, at)? {
-            return Ok((Committed::Duplicate { key: original }, Vec::new()));
-        }
-    }
-
-    // Rule-level keys are judged against what was recorded before this event,
-    // so a rule's several actions (sharing one key) are all kept.
-    let mut blocked = HashSet::new();
-    let mut fresh = Vec::new();
-    let mut seen = HashSet::new();
-    for d in &ev.deliveries {
-        if let Some(k) = &d.dedup_key {
-            let k = rule_dedup_key(&d.rule, k);
-            if seen.insert(k.clone()) {
-                if live_dedup(t, &k, at)?.is_some() {
-                    blocked.insert(k);
-                } else {
-                    fresh.push(k);
-                }
-            }
-        }
-    }
-
-    let key = keys.next(at);
-    fx.dirty = true;
-    if let Some(k) = &event_dedup {
-        put_dedup(t, k, &key, ev.dedup_until_ms)?;
-    }
-    for k in &fresh {
-        put_dedup(t, k, &key, ev.dedup_until_ms)?;
-        t.rule_dedup.insert((key.as_str(), k.as_str()), ())?;
-    }
-
-    let mut ids = Vec::with_capacity(ev.deliveries.len());
-    let mut leased = Vec::new();
-    for d in &ev.deliveries {
-        let skip = d
-            .dedup_key
-            .as_ref()
-            .is_some_and(|k| blocked.contains(&rule_dedup_key(&d.rule, k)));
-        if skip {
-            continue;
-        }
-        let rec = create_delivery(
-            t,
-            &key,
-            d,
-            at,
-            lease_ms.map(|l| at.saturating_add(l)),
-            Indexed::InRow,
-        )?;
-        ids.push(rec.id);
-        if lease_ms.is_some() {
-            leased.push(rec);
-        }
-    }
-    // The ids were handed out in one run, so the row's header names them all
-    // and `event_deliveries` is not touched.
-    match (ids.first(), ids.last()) {
-        (Some(&first), Some(&last)) => {
-            t.events.insert(
-                key.as_str(),
-                with_deliveries(row, first..last + 1).as_slice(),
-            )?;
-        }
-        _ => {
-            t.events.insert(key.as_str(), row)?;
-        }
-    }
-    // Leased deliveries are the caller's to run; only queued ones need the
-    // dispatcher to look.
-    if !ids.is_empty() && lease_ms.is_none() {
-        fx.wake = true;
-    }
-    Ok((
-        Committed::Accepted {
-            key,
-            deliveries: ids,
-        },
-        leased,
-    ))
-}
-
-fn lease(
-    t: &mut WriteTables<'_>,
-    now: u64,
-    limit: usize,
-    lease_ms: u64,
-    fx: &mut Effects,
-) -> Result<Vec<LeasedRow>, StoreError> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
-    // Candidates: pending deliveries due by now, and leases that ran out
-    // (their expiry is their due time). Both indexes are sorted by
-    // (time, id), so the first `limit` of each suffice.
-    let mut candidates: Vec<(u64, DeliveryId, bool)> = Vec::new();
-    for item in t.due.range(..=(now, u64::MAX))?.take(limit) {
-        let (k, _) = item?;
-        let (at, id) = k.value();
-        candidates.push((at, id, false));
-    }
-    for item in t.leased.range(..=(now, u64::MAX))?.take(limit) {
-        let (k, _) = item?;
-        let (at, id) = k.value();
-        candidates.push((at, id, true));
-    }
-    candidates.sort_unstable();
-    candidates.truncate(limit);
-
-    let until = now.saturating_add(lease_ms);
-    let mut rows: HashMap<String, Arc<Vec<u8>>> = HashMap::new();
-    let mut out = Vec::with_capacity(candidates.len());
-    for (at, id, was_leased) in candidates {
-        if was_leased {
-            t.leased.remove((at, id))?;
-        } else {
-            t.due.remove((at, id))?;
-        }
-        fx.dirty = true;
-        let Some(mut rec) = load_delivery(&t.deliveries, id)? else {
-            tracing::warn!(delivery = id, "index entry without delivery row; dropped");
-            continue;
-        };
-        let cached = rows.get(&rec.event_key).cloned();
-        let found = match cached {
-            Some(r) => Some(r),
-            None => t
-                .events
-                .get(rec.event_key.as_str())?
-                .map(|g| Arc::new(g.value().to_vec())),
-        };
-        let row = match found {
-            Some(r) => {
-                rows.insert(rec.event_key.clone(), r.clone());
-                r
-            }
-            None => {
-                // Cannot run without its event; park it where people look.
-                tracing::warn!(delivery = id, event = %rec.event_key, "delivery without event; marked dead");
-                rec.state = DeliveryState::Dead;
-                rec.lease_until_ms = None;
-                rec.last_error = Some("event record missing".to_owned());
-                t.put_delivery(&rec)?;
-                t.dead.insert(id, ())?;
-                continue;
-            }
-        };
-        rec.state = DeliveryState::Leased;
-        rec.lease_until_ms = Some(until);
-        t.put_delivery(&rec)?;
-        t.leased.insert((until, id), ())?;
-        out.push((rec, row));
-    }
-    Ok(out)
-}
-
-/// Cuts `s` to at most `max` bytes on a char boundary.
-fn truncate(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-}
-
-fn finish(
-    t: &mut WriteTables<'_>,
-    id: DeliveryId,
-    attempt: &Attempt,
-    next: Next,
-    follow_ups: &[NewDelivery],
-    now: u64,
-    fx: &mut Effects,
-) -> Result<Vec<DeliveryId>, StoreError> {
-    let Some(mut rec) = load_delivery(&t.deliveries, id)? else {
-        return Err(StoreError::UnknownDelivery(id));
-    };
-    if !follow_ups.is_empty() && t.events.get(rec.event_key.as_str())?.is_none() {
-        return Err(StoreError::UnknownEvent(rec.event_key));
-    }
-
-    let mut attempt = attempt.clone();
-    if let Some(detail) = &mut attempt.detail {
-        truncate(detail, MAX_DETAIL_BYTES);
-    }
-    let n = rec.attempts.saturating_add(1);
-    if rec.state.is_final() || next != Next::Done {
-        t.attempts
-            .insert((id, n), serde_json::to_vec(&attempt)?.as_slice())?;
-    }
-    rec.attempts = n;
-    fx.dirty = true;
-    if attempt.outcome != "ok" {
-        rec.last_error = Some(match (&attempt.detail, attempt.status) {
-            (Some(d), _) => d.clone(),
-            (None, Some(status)) => format!("{} (status {status})", attempt.outcome),
-            (None, None) => attempt.outcome.clone(),
-        });
-    }
-
-    if rec.state.is_final() {
-        // A worker whose lease ran out finished after another one did: keep
-        // its attempt for the record, but the first decision stands and its
-        // follow-ups were already created.
-        tracing::debug!(delivery = id, state = %rec.state, "finish on a finished delivery; attempt recorded only");
-        t.put_delivery(&rec)?;
-        return Ok(Vec::new());
-    }
-    match rec.state {
-        DeliveryState::Pending => {
-            t.due.remove((rec.due_at_ms, id))?;
-        }
-        DeliveryState::Leased => {
-            if let Some(until) = rec.lease_until_ms {
-                t.leased.remove((until, id))?;
-            }
-        }
-        DeliveryState::Done | DeliveryState::Dead => {}
-    }
-    rec.lease_until_ms = None;
-    match next {
-        Next::Done => {
-            rec.state = DeliveryState::Done;
-            rec.success = Some(attempt);
-        }
-        Next::RetryAt(at) => {
-            rec.state = DeliveryState::Pending;
-            rec.due_at_ms = at;
-            t.due.insert((at, id), ())?;
-            // The dispatcher may be sleeping past `at`.
-            fx.wake = true;
-        }
-        Next::Dead => {
-            rec.state = DeliveryState::Dead;
-            t.dead.insert(id, ())?;
-        }
-    }
-    t.put_delivery(&rec)?;
-
-    let mut ids = Vec::with_capacity(follow_ups.len());
-    for d in follow_ups {
-        ids.push(create_delivery(t, &rec.event_key, d, now, None, Indexed::Table)?.id);
-        fx.wake = true;
-    }
-    Ok(ids)
-}
-
-fn replay(
-    t: &mut WriteTables<'_>,
-    event_key: &str,
-    deliveries: &[NewDelivery],
-    now: u64,
-    fx: &mut Effects,
-) -> Result<Vec<DeliveryId>, StoreError> {
-    if t.events.get(event_key)?.is_none() {
-        return Err(StoreError::UnknownEvent(event_key.to_owned()));
-    }
-    let mut ids = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        ids.push(create_delivery(t, event_key, d, now, None, Indexed::Table)?.id);
-        fx.dirty = true;
-        fx.wake = true;
-    }
-    Ok(ids)
-}
-
-fn prune(
-    t: &mut WriteTables<'_>,
-    chunk: &PruneChunk,
-    fx: &mut Effects,
-) -> Result<PruneOut, StoreError> {
-    let mut stats = PruneStats {
-        chunks: 1,
-        ..PruneStats::default()
-    };
-    let mut cursor = None;
-    if !chunk.events_done {
-        // Keys are ULIDs stamped no earlier than the receive time, so every
-        // key below this one was received before the cutoff.
-        let cutoff_key = ulid::Ulid::from_parts(chunk.cutoff_ms, 0).to_string();
-        let lower = match &chunk.after {
-            Some(after) => Bound::Excluded(after.as_str()),
-            None => Bound::Unbounded,
-        };
-        let mut scanned = Vec::new();
-        for item in t
-            .events
-            .range::<&str>((lower, Bound::Excluded(cutoff_key.as_str())))?
-            .take(PRUNE_EVENTS_PER_CHUNK)
-        {
-            let (k, _) = item?;
-            scanned.push(k.value().to_owned());
-        }
-        if scanned.len() == PRUNE_EVENTS_PER_CHUNK {
-            cursor = scanned.last().cloned();
-        }
-        for key in &scanned {
-            if prune_event(t, key, chunk.now_ms, &mut stats)? {
-                fx.dirty = true;
-            }
-        }
-    }
-
-    Ok(PruneOut { stats, cursor })
-}
-
-/// Removes one event with its deliveries, attempts and dedup entries, if
-/// every delivery is final and its dedup window has closed; says whether it
-/// did. Events with work left are kept whatever their age, and so are events
-/// still guarding against duplicates (the server keeps retention at least as
-/// long as the dedup window, so for it this is no extra wait).
-fn prune_event(
-    t: &mut WriteTables<'_>,
-    key: &str,
-    now_ms: u64,
-    stats: &mut PruneStats,
-) -> Result<bool, StoreError> {
-    let Some(row) = t
-        .events
-        .get(key)?
-        .map(|g| decode_event_keys(g.value()))
-        .transpose()?
-    else {
-        return Ok(false);
-    };
-    if row.dedup_until_ms > now_ms {
-        return Ok(false);
-    }
-    let ids = delivery_ids_of(&t.event_deliveries, key, row.first_deliveries.clone())?;
-    let mut records = Vec::with_capacity(ids.len());
-    for &id in &ids {
-        match load_delivery(&t.deliveries, id)? {
-            Some(rec) if !rec.state.is_final() => return Ok(false),
-            rec => records.push((id, rec)),
-        }
-    }
-    t.raise_id_floor()?;
-    for (id, rec) in records {
-        let mut removed = 0u64;
-        t.attempts.retain_in((id, 0u32)..=(id, u32::MAX), |_, _| {
-            removed += 1;
-            false
-        })?;
-        stats.attempts += removed;
-        if let Some(rec) = rec {
-            stats.attempts += u64::from(rec.success.is_some());
-        }
-        t.dead.remove(id)?;
-        t.deliveries.remove(id)?;
-        t.event_deliveries.remove((key, id))?;
-        stats.deliveries += 1;
-    }
-
-    // Dedup entries go with their event, unless a later event took the key
-    // over (it may, once this one's entry expired).
-    let mut dedup_keys = Vec::new();
-    if !row.dedup_key.is_empty() {
-        dedup_keys.push(event_dedup_key(&row.dedup_key));
-    }
-    for item in t.rule_dedup.range((key, "")..)? {
-        let (k, _) = item?;
-        let (event, dedup_key) = k.value();
-        if event != key {
-            break;
-        }
-        dedup_keys.push(dedup_key.to_owned());
-    }
-    for dedup_key in &dedup_keys {
-        t.rule_dedup.remove((key, dedup_key.as_str()))?;
-        let owner = t.dedup.get(dedup_key.as_str())?.map(|g| g.value().0 == key);
-        if owner == Some(true) {
-            t.dedup.remove(dedup_key.as_str())?;
-            stats.dedup_keys += 1;
-        }
-    }
-    t.events.remove(key)?;
-    stats.events += 1;
-    Ok(true)
 }

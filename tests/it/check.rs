@@ -118,6 +118,58 @@ fn yaml_syntax_error() {
     );
 }
 
+// A line indented less than its siblings but more than its parent is a YAML
+// syntax error on that line. It also ends the mapping above it early, which
+// must not surface instead as a shape error (`missing field`) on the rule.
+
+const NO_DASH: &str = "while parsing a block collection, did not find expected '-' indicator";
+
+#[test]
+fn misindented_key_after_a_scalar_is_a_syntax_error_on_its_line() {
+    let f = "tests/fixtures/invalid/misindented_key_after_scalar.yaml";
+    assert_errors(f, &[&format!(r#"{f}:9:4: rule "deploy": {NO_DASH}"#)]);
+}
+
+#[test]
+fn misindented_key_after_a_sequence_is_a_syntax_error_on_its_line() {
+    let f = "tests/fixtures/invalid/misindented_key_after_sequence.yaml";
+    assert_errors(f, &[&format!(r#"{f}:10:4: rule "deploy": {NO_DASH}"#)]);
+}
+
+#[test]
+fn misindented_key_after_a_mapping_is_a_syntax_error_on_its_line() {
+    let f = "tests/fixtures/invalid/misindented_key_after_mapping.yaml";
+    assert_errors(f, &[&format!(r#"{f}:11:4: rule "deploy": {NO_DASH}"#)]);
+}
+
+#[test]
+fn misindented_sequence_item_is_a_syntax_error_on_its_line() {
+    let f = "tests/fixtures/invalid/misindented_sequence_item.yaml";
+    assert_errors(f, &[&format!(r#"{f}:10:4: rule "deploy": {NO_DASH}"#)]);
+}
+
+#[test]
+fn tab_indenting_a_key_is_reported_at_the_tab() {
+    let f = "tests/fixtures/invalid/tab_indented_key.yaml";
+    assert_errors(
+        f,
+        &[&format!(
+            r#"{f}:9:1: rule "deploy": tab used as indentation; YAML indents with spaces only"#
+        )],
+    );
+}
+
+#[test]
+fn tab_indenting_a_sequence_item_is_reported_at_the_tab() {
+    let f = "tests/fixtures/invalid/tab_indented_item.yaml";
+    assert_errors(
+        f,
+        &[&format!(
+            r#"{f}:10:1: rule "deploy": tab used as indentation; YAML indents with spaces only"#
+        )],
+    );
+}
+
 #[test]
 fn unknown_field_in_a_rule() {
     assert_errors(
