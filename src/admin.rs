@@ -311,13 +311,12 @@ pub async fn replay(
                     .actions
                     .get(action as usize)?
                     .kind
-                    .name()
-                    .to_owned(),
+                    .action_type(),
                 None => detail
                     .deliveries
                     .iter()
                     .find(|d| d.record.rule == rule && d.record.action == action)
-                    .map(|d| d.record.kind.clone())?,
+                    .map(|d| d.record.kind)?,
             };
             Some(NewDelivery {
                 kind,

@@ -26,7 +26,7 @@ use crate::actions::{self, Outcome, Verdict};
 use crate::ingest::unix_ms;
 use crate::metrics::Metrics;
 use crate::rules::{Action, ActionKind, RetryPolicy, Rule, RuleSet};
-use crate::store::{Attempt, FailureContext, Leased, NewDelivery, Next, Store};
+use crate::store::{Attempt, AttemptOutcome, FailureContext, Leased, NewDelivery, Next, Store};
 
 /// A lease outlives any action timeout; it only matters if a worker hangs,
 /// since a restart frees every lease of the dead process.
@@ -349,20 +349,13 @@ impl Dispatcher {
             }
             _ => Vec::new(),
         };
-        let verdict_text = match (&outcome.verdict, next) {
-            (Verdict::Done, _) => "ok",
-            (_, Next::RetryAt(_)) => "retry",
-            _ => "failed",
+        let attempt_outcome = match (&outcome.verdict, next) {
+            (Verdict::Done, _) => AttemptOutcome::Ok,
+            (_, Next::RetryAt(_)) => AttemptOutcome::Retry,
+            _ => AttemptOutcome::Failed,
         };
-        self.metrics.record_attempt(
-            &d.kind,
-            if next == Next::Dead {
-                "dead"
-            } else {
-                verdict_text
-            },
-            started.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .record_attempt(d.kind, attempt_outcome, started.elapsed().as_secs_f64());
         let event_id = &leased.event.id;
         // `status` is passed as the `Option` itself: tracing records the
         // number when there is one and leaves the field out when there is
@@ -381,7 +374,7 @@ impl Dispatcher {
         let attempt = Attempt {
             at_ms,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            outcome: verdict_text.to_owned(),
+            outcome: attempt_outcome,
             status: outcome.status,
             detail: (!detail.is_empty()).then_some(detail),
         };
@@ -481,7 +474,7 @@ fn failure_deliveries(
         .map(|(i, a)| NewDelivery {
             rule: rule.name.clone(),
             action: u32::try_from(i).unwrap_or(u32::MAX),
-            kind: a.kind.name().to_owned(),
+            kind: a.kind.action_type(),
             dedup_key: None,
             on_failure: Some(FailureContext {
                 delivery: leased.delivery.id,

@@ -85,7 +85,7 @@ pub fn plan(
             deliveries.push(NewDelivery {
                 rule: rule.name.clone(),
                 action: u32::try_from(i).unwrap_or(u32::MAX),
-                kind: action.kind.name().to_owned(),
+                kind: action.kind.action_type(),
                 dedup_key: rule_key.clone(),
                 on_failure: None,
             });

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::rules::ActionType;
 
 /// Identifier of one delivery. Allocated from a counter inside the same write
 /// transaction that creates the delivery, so id order is arrival order and ids
@@ -51,8 +52,8 @@ pub struct NewDelivery {
     /// Index of the action in the rule (or in its `on_failure` list when
     /// `on_failure` is set).
     pub action: u32,
-    /// `"http"`, `"shell"` or `"log"`; kept only for listing and filtering.
-    pub kind: String,
+    /// Kept only for listing, filtering and metrics.
+    pub kind: ActionType,
     /// Optional rule-level dedup key (the rendered `dedup:` template of the
     /// rule). Scoped to the rule: the same key under two rules does not
     /// collide. If the key is already recorded and unexpired, this delivery is
@@ -165,7 +166,7 @@ pub struct DeliveryRecord {
     pub event_key: String,
     pub rule: String,
     pub action: u32,
-    pub kind: String,
+    pub kind: ActionType,
     pub state: DeliveryState,
     /// Attempts recorded so far.
     pub attempts: u32,
@@ -198,12 +199,75 @@ pub struct Leased {
 pub struct Attempt {
     pub at_ms: u64,
     pub duration_ms: u64,
-    /// `"ok"`, `"retry"` or `"failed"`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// HTTP status or process exit code.
     pub status: Option<i32>,
     /// Error or output excerpt; truncated to [`MAX_DETAIL_BYTES`] when stored.
     pub detail: Option<String>,
+}
+
+/// How an attempt ended for its delivery.
+///
+/// Serialized as its word in every encoding: attempts are stored as JSON and,
+/// inside delivery rows, as postcard, which would write a derived enum as a
+/// variant number and so misread the rows that hold the word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum AttemptOutcome {
+    /// The action succeeded; the delivery is done.
+    Ok,
+    /// The action failed and will be tried again.
+    Retry,
+    /// The action failed and will not be tried again.
+    Failed,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<AttemptOutcome> for &'static str {
+    fn from(o: AttemptOutcome) -> Self {
+        o.as_str()
+    }
+}
+
+/// A word that is not an attempt outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown attempt outcome {0:?} (expected ok, retry or failed)")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for AttemptOutcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ok" => Ok(AttemptOutcome::Ok),
+            "retry" => Ok(AttemptOutcome::Retry),
+            "failed" => Ok(AttemptOutcome::Failed),
+            _ => Err(UnknownOutcome(s.to_owned())),
+        }
+    }
+}
+
+impl TryFrom<String> for AttemptOutcome {
+    type Error = UnknownOutcome;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 /// What happens to a delivery after an attempt.
