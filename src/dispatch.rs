@@ -352,7 +352,7 @@ impl Dispatcher {
         let attempt_outcome = match (&outcome.verdict, next) {
             (Verdict::Done, _) => AttemptOutcome::Ok,
             (_, Next::RetryAt(_)) => AttemptOutcome::Retry,
-            _ => AttemptOutcome::Failed,
+            _ => AttemptOutcome::Dead,
         };
         self.metrics
             .record_attempt(d.kind, attempt_outcome, started.elapsed().as_secs_f64());

@@ -255,15 +255,10 @@ impl Metrics {
             .inc();
     }
 
-    /// One attempt of an `action` delivery. A final failure is labelled
-    /// `dead`, the word for a delivery that gave up.
+    /// One attempt of an `action` delivery, labelled with the word the
+    /// store records for it.
     pub fn record_attempt(&self, action: ActionType, outcome: AttemptOutcome, seconds: f64) {
         let action = action.as_str().to_owned();
-        let outcome = match outcome {
-            AttemptOutcome::Ok => "ok",
-            AttemptOutcome::Retry => "retry",
-            AttemptOutcome::Failed => "dead",
-        };
         self.attempts
             .get_or_create(&ActionLabels {
                 action: action.clone(),
@@ -277,7 +272,7 @@ impl Metrics {
         self.deliveries
             .get_or_create(&DeliveryLabels {
                 action,
-                outcome: outcome.to_owned(),
+                outcome: outcome.as_str().to_owned(),
             })
             .inc();
     }

@@ -493,18 +493,20 @@ mod tests {
         // Written back, the row is byte for byte what the strings made.
         assert_eq!(encode_delivery(&rec).expect("encode"), old_row);
 
-        // Attempt rows are JSON with the outcome as a word.
-        for (word, outcome) in [
-            ("ok", AttemptOutcome::Ok),
-            ("retry", AttemptOutcome::Retry),
-            ("failed", AttemptOutcome::Failed),
+        // Attempt rows are JSON with the outcome as a word. Rows written
+        // before `dead` became the one word for giving up say `failed`.
+        let row = |word: &str| {
+            format!(r#"{{"at_ms":1,"duration_ms":2,"outcome":"{word}","status":500,"detail":"x"}}"#)
+        };
+        for (word, outcome, written) in [
+            ("ok", AttemptOutcome::Ok, "ok"),
+            ("retry", AttemptOutcome::Retry, "retry"),
+            ("dead", AttemptOutcome::Dead, "dead"),
+            ("failed", AttemptOutcome::Dead, "dead"),
         ] {
-            let json = format!(
-                r#"{{"at_ms":1,"duration_ms":2,"outcome":"{word}","status":500,"detail":"x"}}"#
-            );
-            let a: Attempt = decode(json.as_bytes(), "attempt row").expect("old attempt");
+            let a: Attempt = decode(row(word).as_bytes(), "attempt row").expect("old attempt");
             assert_eq!(a.outcome, outcome);
-            assert_eq!(serde_json::to_string(&a).expect("json"), json);
+            assert_eq!(serde_json::to_string(&a).expect("json"), row(written));
         }
         let unknown =
             br#"{"at_ms":1,"duration_ms":2,"outcome":"maybe","status":null,"detail":null}"#;

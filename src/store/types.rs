@@ -132,10 +132,10 @@ impl fmt::Display for DeliveryState {
     }
 }
 
-/// A state name that is not one of `pending`, `leased`, `done`, `dead`,
-/// `failed`.
+/// A state name that is not one of `pending`, `leased`, `done`, `dead`
+/// (or its alias `failed`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown delivery state {0:?} (expected pending, leased, done, dead or failed)")]
+#[error("unknown delivery state {0:?} (expected pending, leased, done or dead)")]
 pub struct ParseStateError(pub String);
 
 impl FromStr for DeliveryState {
@@ -143,7 +143,8 @@ impl FromStr for DeliveryState {
 
     /// Parses a state name, case-insensitively.
     ///
-    /// `failed` is an alias of `dead`: the deliveries that gave up. A delivery
+    /// `failed` is an alias of `dead`, the one word for a delivery that gave
+    /// up; it is accepted because earlier versions offered it. A delivery
     /// that failed but will retry is `pending` with `attempts > 0` and a
     /// `last_error`; it is not a state of its own, because the store indexes
     /// states and "failed once, retrying" would have to be found by scanning.
@@ -218,8 +219,9 @@ pub enum AttemptOutcome {
     Ok,
     /// The action failed and will be tried again.
     Retry,
-    /// The action failed and will not be tried again.
-    Failed,
+    /// The action failed and will not be tried again: the delivery is dead.
+    /// Rows written before this word was settled say `failed`.
+    Dead,
 }
 
 impl AttemptOutcome {
@@ -227,7 +229,7 @@ impl AttemptOutcome {
         match self {
             AttemptOutcome::Ok => "ok",
             AttemptOutcome::Retry => "retry",
-            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Dead => "dead",
         }
     }
 }
@@ -246,7 +248,7 @@ impl From<AttemptOutcome> for &'static str {
 
 /// A word that is not an attempt outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown attempt outcome {0:?} (expected ok, retry or failed)")]
+#[error("unknown attempt outcome {0:?} (expected ok, retry or dead)")]
 pub struct UnknownOutcome(pub String);
 
 impl FromStr for AttemptOutcome {
@@ -256,7 +258,7 @@ impl FromStr for AttemptOutcome {
         match s {
             "ok" => Ok(AttemptOutcome::Ok),
             "retry" => Ok(AttemptOutcome::Retry),
-            "failed" => Ok(AttemptOutcome::Failed),
+            "dead" | "failed" => Ok(AttemptOutcome::Dead),
             _ => Err(UnknownOutcome(s.to_owned())),
         }
     }
