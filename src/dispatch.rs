@@ -25,7 +25,7 @@ use crate::actions::render::{self, Rendered};
 use crate::actions::{self, Outcome, Verdict};
 use crate::ingest::unix_ms;
 use crate::metrics::Metrics;
-use crate::rules::{Action, ActionKind, RetryPolicy, Rule, RuleSet};
+use crate::rules::{Action, ActionKind, ActionList, ActionRef, RetryPolicy, Rule, RuleSet};
 use crate::store::{Attempt, AttemptOutcome, FailureContext, Leased, NewDelivery, Next, Store};
 
 /// A lease outlives any action timeout; it only matters if a worker hangs,
@@ -36,8 +36,14 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Longest idle sleep between looks at the queue.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// A lane: the deliveries of one action with a `concurrency:` limit.
-type LaneKey = (String, u32, bool, u32);
+/// A lane: the deliveries of one action with a `concurrency:` limit. The
+/// limit is part of the key, so a reload that changes it starts a lane with
+/// the new number of workers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LaneKey {
+    action: ActionRef,
+    concurrency: u32,
+}
 
 pub struct Dispatcher {
     rules: Arc<ArcSwap<RuleSet>>,
@@ -150,7 +156,8 @@ impl Dispatcher {
             return None;
         }
         let laned = deliveries.iter().any(|d| {
-            lane_of(set, &d.rule, d.action, d.on_failure.is_some()).is_none_or(|n| n.is_some())
+            set.action(&d.action_ref())
+                .is_none_or(|a| a.concurrency.is_some())
         });
         if laned {
             return None;
@@ -250,11 +257,13 @@ impl Dispatcher {
 
     fn dispatch(self: Arc<Self>, leased: Leased) {
         let set = self.rules.load_full();
-        let d = &leased.delivery;
-        let on_failure = d.on_failure.is_some();
-        match lane_of(&set, &d.rule, d.action, on_failure).flatten() {
+        let action = leased.delivery.action_ref();
+        match set.action(&action).and_then(|a| a.concurrency) {
             Some(n) => {
-                let key = (d.rule.clone(), d.action, on_failure, n);
+                let key = LaneKey {
+                    action,
+                    concurrency: n,
+                };
                 let sender = self.lane(key, n);
                 if let Err(mpsc::error::SendError(leased)) = sender.send(leased) {
                     // The lane is gone (shutdown); run it under the global limit.
@@ -313,9 +322,9 @@ impl Dispatcher {
         let at_ms = unix_ms(SystemTime::now());
         let set = self.rules.load_full();
         let d = &leased.delivery;
-        let on_failure = d.on_failure.is_some();
-        let rule = set.rule(&d.rule);
-        let action = rule.and_then(|r| action_of(r, d.action, on_failure));
+        let at = d.action_ref();
+        let rule = set.rule(&at.rule);
+        let action = rule.and_then(|r| r.list(at.list).get(at.index as usize));
         let outcome = match (rule, action) {
             (Some(rule), Some(action)) => self.attempt(&set, rule, action, &leased).await,
             _ => Outcome::fail(
@@ -344,7 +353,7 @@ impl Dispatcher {
         };
         let detail = set.redact(&outcome.detail);
         let follow_ups = match (next, rule) {
-            (Next::Dead, Some(rule)) if !on_failure => {
+            (Next::Dead, Some(rule)) if at.list == ActionList::Actions => {
                 failure_deliveries(rule, &leased, attempt_no, &detail)
             }
             _ => Vec::new(),
@@ -430,23 +439,6 @@ impl Dispatcher {
             }
         }
     }
-}
-
-/// The `concurrency:` of a delivery's action: `None` if the rule or action
-/// is gone, `Some(None)` if it runs under the global limit only.
-fn lane_of(set: &RuleSet, rule: &str, action: u32, on_failure: bool) -> Option<Option<u32>> {
-    set.rule(rule)
-        .and_then(|r| action_of(r, action, on_failure))
-        .map(|a| a.concurrency)
-}
-
-fn action_of(rule: &Rule, index: u32, on_failure: bool) -> Option<&Action> {
-    let list = if on_failure {
-        &rule.on_failure
-    } else {
-        &rule.actions
-    };
-    list.get(index as usize)
 }
 
 fn failure_json(rule: &Rule, f: &FailureContext) -> serde_json::Value {

@@ -282,6 +282,34 @@ impl Rule {
     pub fn matches_type(&self, kind: &str) -> bool {
         self.events.iter().any(|p| p.matches(kind))
     }
+
+    /// The actions of one of the rule's lists.
+    pub fn list(&self, list: ActionList) -> &[Action] {
+        match list {
+            ActionList::Actions => &self.actions,
+            ActionList::OnFailure => &self.on_failure,
+        }
+    }
+}
+
+/// Which of a rule's lists an action is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionList {
+    /// `actions:`, run for each matching event.
+    Actions,
+    /// `on_failure:`, run when a delivery of the rule goes dead.
+    OnFailure,
+}
+
+/// One action of a rule, by the rule's name and the action's place in it.
+/// A delivery keeps only this, so it runs the action as the rule set
+/// current at that time defines it, or finds that it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ActionRef {
+    pub rule: String,
+    pub list: ActionList,
+    /// Zero-based place in the list.
+    pub index: u32,
 }
 
 /// An embedded `tests:` case.
@@ -441,6 +469,11 @@ impl RuleSet {
 
     pub fn rule(&self, name: &str) -> Option<&Rule> {
         self.rule_by_name.get(name).map(|&i| &self.rules[i])
+    }
+
+    /// The action `at` points to, if its rule and action still exist.
+    pub fn action(&self, at: &ActionRef) -> Option<&Action> {
+        self.rule(&at.rule)?.list(at.list).get(at.index as usize)
     }
 
     /// Rules whose source and event type fit, in declaration order, before

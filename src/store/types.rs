@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::rules::ActionType;
+use crate::rules::{ActionList, ActionRef, ActionType};
 
 /// Identifier of one delivery. Allocated from a counter inside the same write
 /// transaction that creates the delivery, so id order is arrival order and ids
@@ -65,6 +65,27 @@ pub struct NewDelivery {
     pub dedup_key: Option<String>,
     /// Set for deliveries created because another delivery died.
     pub on_failure: Option<FailureContext>,
+}
+
+impl NewDelivery {
+    /// The action the delivery will run.
+    pub fn action_ref(&self) -> ActionRef {
+        action_ref(&self.rule, self.action, self.on_failure.as_ref())
+    }
+}
+
+/// An `on_failure` delivery runs from the rule's `on_failure` list; every
+/// other delivery from its `actions`.
+fn action_ref(rule: &str, index: u32, on_failure: Option<&FailureContext>) -> ActionRef {
+    ActionRef {
+        rule: rule.to_owned(),
+        list: if on_failure.is_some() {
+            ActionList::OnFailure
+        } else {
+            ActionList::Actions
+        },
+        index,
+    }
 }
 
 /// Why an `on_failure` delivery exists: the delivery that died and how.
@@ -185,6 +206,13 @@ pub struct DeliveryRecord {
     /// less; the history lists it last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success: Option<Attempt>,
+}
+
+impl DeliveryRecord {
+    /// The action the delivery runs.
+    pub fn action_ref(&self) -> ActionRef {
+        action_ref(&self.rule, self.action, self.on_failure.as_ref())
+    }
 }
 
 /// A delivery handed to a worker, with the event it is for.
