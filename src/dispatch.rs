@@ -21,11 +21,11 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::actions::render::{self, Rendered};
-use crate::actions::{self, Outcome, Verdict};
+use crate::actions::render;
+use crate::actions::{self, AttemptResult, Job, Verdict};
 use crate::ingest::unix_ms;
 use crate::metrics::Metrics;
-use crate::rules::{Action, ActionKind, ActionList, ActionRef, RetryPolicy, Rule, RuleSet};
+use crate::rules::{Action, ActionList, ActionRef, RetryPolicy, Rule, RuleSet};
 use crate::store::{Attempt, AttemptOutcome, FailureContext, Leased, NewDelivery, Next, Store};
 
 /// A lease outlives any action timeout; it only matters if a worker hangs,
@@ -325,9 +325,9 @@ impl Dispatcher {
         let at = d.action_ref();
         let rule = set.rule(&at.rule);
         let action = rule.and_then(|r| r.list(at.list).get(at.index as usize));
-        let outcome = match (rule, action) {
+        let result = match (rule, action) {
             (Some(rule), Some(action)) => self.attempt(&set, rule, action, &leased).await,
-            _ => Outcome::fail(
+            _ => AttemptResult::fail(
                 None,
                 format!(
                     "rule {:?} or its action {} no longer exists",
@@ -338,7 +338,7 @@ impl Dispatcher {
         };
         let attempt_no = d.attempts + 1;
         let policy = action.map_or(RetryPolicy::NONE, |a| a.retry);
-        let next = match &outcome.verdict {
+        let next = match &result.verdict {
             Verdict::Done => Next::Done,
             Verdict::Fail => Next::Dead,
             Verdict::Retry { .. } if attempt_no >= policy.attempts => Next::Dead,
@@ -351,40 +351,40 @@ impl Dispatcher {
                 )
             }
         };
-        let detail = set.redact(&outcome.detail);
+        let detail = set.redact(&result.detail);
         let follow_ups = match (next, rule) {
             (Next::Dead, Some(rule)) if at.list == ActionList::Actions => {
                 failure_deliveries(rule, &leased, attempt_no, &detail)
             }
             _ => Vec::new(),
         };
-        let attempt_outcome = match (&outcome.verdict, next) {
+        let outcome = match (&result.verdict, next) {
             (Verdict::Done, _) => AttemptOutcome::Ok,
             (_, Next::RetryAt(_)) => AttemptOutcome::Retry,
             _ => AttemptOutcome::Dead,
         };
         self.metrics
-            .record_attempt(d.kind, attempt_outcome, started.elapsed().as_secs_f64());
+            .record_attempt(d.kind, outcome, started.elapsed().as_secs_f64());
         let event_id = &leased.event.id;
         // `status` is passed as the `Option` itself: tracing records the
         // number when there is one and leaves the field out when there is
         // none (a log action, a refused connection), never `Some(..)`/`None`.
         match next {
             Next::Done => {
-                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, "Delivery done.")
+                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, "Delivery done.")
             }
             Next::RetryAt(due) => {
-                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
+                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
             }
             Next::Dead => {
-                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, error = %detail, "Delivery dead.")
+                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, error = %detail, "Delivery dead.")
             }
         }
         let attempt = Attempt {
             at_ms,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            outcome: attempt_outcome,
-            status: outcome.status,
+            outcome,
+            status: result.status,
             detail: (!detail.is_empty()).then_some(detail),
         };
         if let Err(e) = self
@@ -404,40 +404,19 @@ impl Dispatcher {
         rule: &Rule,
         action: &Action,
         leased: &Leased,
-    ) -> Outcome {
+    ) -> AttemptResult {
         let d = &leased.delivery;
         let failure = d.on_failure.as_ref().map(|f| failure_json(rule, f));
         let ctx = render::context(&leased.event, &rule.name, failure.as_ref());
-        let rendered = match render::render(set, action, &ctx) {
-            Ok(r) => r,
-            Err(e) => return Outcome::fail(None, e.to_string()),
+        let job = Job {
+            action,
+            context: &ctx,
+            rule: &rule.name,
+            event_id: &leased.event.id,
+            event_key: &d.event_key,
+            delivery: d.id,
         };
-        let event_id = &leased.event.id;
-        match rendered {
-            Rendered::Log { line } => {
-                tracing::info!(target: "hookrouter::action", event_id = %event_id, rule = %rule.name, "{}", set.redact(&line));
-                Outcome::done(None, String::new())
-            }
-            Rendered::Http(req) => {
-                let sign = match &action.kind {
-                    ActionKind::Http(h) => h.sign.as_ref(),
-                    _ => None,
-                };
-                let msg_id = format!("msg_{}_{}", leased.delivery.event_key, d.id);
-                actions::http::send(&self.client, &req, sign, &msg_id, action.timeout).await
-            }
-            Rendered::Shell(cmd) => {
-                let max_output = match &action.kind {
-                    ActionKind::Shell(s) => s.max_output,
-                    _ => 0,
-                };
-                let out = actions::shell::run(&cmd, action.timeout, max_output).await;
-                if !out.detail.is_empty() {
-                    tracing::info!(event_id = %event_id, rule = %rule.name, status = out.status, output = %set.redact(&out.detail), "Command finished.");
-                }
-                out
-            }
-        }
+        actions::run(set, &self.client, job).await
     }
 }
 
