@@ -424,7 +424,7 @@ fn failure_json(rule: &Rule, f: &FailureContext) -> serde_json::Value {
     let kind = rule
         .actions
         .get(f.action as usize)
-        .map_or("unknown", |a| a.kind.name());
+        .map_or("unknown", |a| a.kind.action_type().as_str());
     serde_json::json!({
         "delivery": f.delivery,
         "action": { "index": f.action + 1, "type": kind },

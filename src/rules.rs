@@ -187,11 +187,6 @@ impl ActionKind {
             ActionKind::Shell(_) => ActionType::Shell,
         }
     }
-
-    /// The type's word: `log`, `http` or `shell`.
-    pub fn name(&self) -> &'static str {
-        self.action_type().as_str()
-    }
 }
 
 /// The type of an action without its settings: what a delivery records, what
