@@ -312,7 +312,7 @@ fn deliveries_table(list: &[Value]) -> String {
     )
 }
 
-/// `hookrouter deliveries [--failed] [--state S]`.
+/// `hookrouter deliveries [--state S]`.
 pub fn deliveries(target: &Target, filter: DeliveryFilter, limit: usize, json: bool) -> ExitCode {
     finish(deliveries_inner(target, filter, limit, json))
 }
@@ -320,7 +320,6 @@ pub fn deliveries(target: &Target, filter: DeliveryFilter, limit: usize, json: b
 fn filter_word(f: DeliveryFilter) -> Option<String> {
     match f {
         DeliveryFilter::All => None,
-        DeliveryFilter::Failed => Some("failed".to_owned()),
         DeliveryFilter::State(s) => Some(s.as_str().to_owned()),
     }
 }

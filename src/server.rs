@@ -30,7 +30,7 @@ use crate::body::BodyError;
 use crate::dispatch::Dispatcher;
 use crate::envelope;
 use crate::event::RawRequest;
-use crate::ingest::{self, Outcome};
+use crate::ingest::{self, Ingested};
 use crate::metrics::Metrics;
 use crate::providers::{Admission, AdmitError, admit};
 use crate::rules::{RuleSet, Source};
@@ -282,7 +282,7 @@ async fn respond(
     )
     .await;
     match stored {
-        Ok(Outcome::Accepted {
+        Ok(Ingested::Accepted {
             id,
             key,
             matched,
@@ -303,7 +303,7 @@ async fn respond(
                 serde_json::json!({"status": "accepted", "id": id, "key": key, "deliveries": deliveries}),
             )
         }
-        Ok(Outcome::Duplicate { id, key }) => {
+        Ok(Ingested::Duplicate { id, key }) => {
             tracing::info!(event_id = %id, key = %key, source = %source.name, "Duplicate event ignored.");
             reply(
                 StatusCode::OK,
