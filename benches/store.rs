@@ -14,7 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hookrouter::event::Event;
-use hookrouter::store::{Attempt, Committed, NewDelivery, NewEvent, Next, Store};
+use hookrouter::rules::ActionType;
+use hookrouter::store::{Attempt, AttemptOutcome, Committed, NewDelivery, NewEvent, Next, Store};
 
 fn body(n: u64) -> serde_json::Value {
     let commits: Vec<_> = (0..5)
@@ -102,7 +103,7 @@ async fn run(path: Path, tasks: u64, secs: u64) -> f64 {
                     vec![NewDelivery {
                         rule: "push-main".to_owned(),
                         action: 0,
-                        kind: "log".to_owned(),
+                        kind: ActionType::Log,
                         dedup_key: None,
                         on_failure: None,
                     }]
@@ -124,7 +125,7 @@ async fn run(path: Path, tasks: u64, secs: u64) -> f64 {
                         let attempt = Attempt {
                             at_ms: now,
                             duration_ms: 0,
-                            outcome: "ok".to_owned(),
+                            outcome: AttemptOutcome::Ok,
                             status: None,
                             detail: None,
                         };

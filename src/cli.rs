@@ -63,9 +63,9 @@ pub enum Command {
         after_help = "Examples:\n  hookrouter events --admin 127.0.0.1:9001\n  hookrouter events 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --data hookrouter.redb --json"
     )]
     Events(EventsArgs),
-    /// List deliveries: all, by state, or those that failed.
+    /// List deliveries: all, or those in one state (`dead`: gave up).
     #[command(
-        after_help = "Examples:\n  hookrouter deliveries --failed --admin 127.0.0.1:9001\n  hookrouter deliveries --state pending --json"
+        after_help = "Examples:\n  hookrouter deliveries --state dead --admin 127.0.0.1:9001\n  hookrouter deliveries --state pending --json"
     )]
     Deliveries(DeliveriesArgs),
     /// Run an event's actions again (all, or one rule's).
@@ -143,10 +143,10 @@ pub struct EventsArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct DeliveriesArgs {
-    /// Only deliveries whose last attempt failed (retrying or dead).
+    /// The same as `--state dead`, kept for existing scripts.
     #[arg(long, conflicts_with = "state")]
     pub failed: bool,
-    /// Only deliveries in this state: pending, leased, done, dead.
+    /// Only deliveries in this state: pending, leased, done, dead (gave up).
     #[arg(long)]
     pub state: Option<String>,
     /// How many deliveries to list.

@@ -27,12 +27,12 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::actions::render::{self, Rendered};
-use crate::actions::{self, Outcome, Verdict};
+use crate::actions::render;
+use crate::actions::{self, AttemptResult, Job, Verdict};
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
-use crate::rules::{Action, ActionKind, RetryPolicy, Rule, RuleSet};
-use crate::store::{Attempt, FailureContext, Leased, NewDelivery, Next, Store};
+use crate::rules::{Action, ActionList, ActionRef, RetryPolicy, Rule, RuleSet};
+use crate::store::{Attempt, AttemptOutcome, FailureContext, Leased, NewDelivery, Next, Store};
 
 /// A lease outlives any action timeout; it only matters if a worker hangs,
 /// since a restart frees every lease of the dead process.
@@ -42,8 +42,14 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 /// Longest idle sleep between looks at the queue.
 const IDLE: Duration = Duration::from_secs(1);
 
-/// A lane: the deliveries of one action with a `concurrency:` limit.
-type LaneKey = (String, u32, bool, u32);
+/// A lane: the deliveries of one action with a `concurrency:` limit. The
+/// limit is part of the key, so a reload that changes it starts a lane with
+/// the new number of workers.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct LaneKey {
+    action: ActionRef,
+    concurrency: u32,
+}
 
 pub struct Dispatcher {
     rules: Arc<ArcSwap<RuleSet>>,
@@ -156,7 +162,8 @@ impl Dispatcher {
             return None;
         }
         let laned = deliveries.iter().any(|d| {
-            lane_of(set, &d.rule, d.action, d.on_failure.is_some()).is_none_or(|n| n.is_some())
+            set.action(&d.action_ref())
+                .is_none_or(|a| a.concurrency.is_some())
         });
         if laned {
             return None;
@@ -256,11 +263,13 @@ impl Dispatcher {
 
     fn dispatch(self: Arc<Self>, leased: Leased) {
         let set = self.rules.load_full();
-        let d = &leased.delivery;
-        let on_failure = d.on_failure.is_some();
-        match lane_of(&set, &d.rule, d.action, on_failure).flatten() {
+        let action = leased.delivery.action_ref();
+        match set.action(&action).and_then(|a| a.concurrency) {
             Some(n) => {
-                let key = (d.rule.clone(), d.action, on_failure, n);
+                let key = LaneKey {
+                    action,
+                    concurrency: n,
+                };
                 let sender = self.lane(key, n);
                 if let Err(mpsc::error::SendError(leased)) = sender.send(leased) {
                     // The lane is gone (shutdown); run it under the global limit.
@@ -319,12 +328,12 @@ impl Dispatcher {
         let at_ms = unix_ms(SystemTime::now());
         let set = self.rules.load_full();
         let d = &leased.delivery;
-        let on_failure = d.on_failure.is_some();
-        let rule = set.rule(&d.rule);
-        let action = rule.and_then(|r| action_of(r, d.action, on_failure));
-        let outcome = match (rule, action) {
+        let at = d.action_ref();
+        let rule = set.rule(&at.rule);
+        let action = rule.and_then(|r| r.list(at.list).get(at.index as usize));
+        let result = match (rule, action) {
             (Some(rule), Some(action)) => self.attempt(&set, rule, action, &leased).await,
-            _ => Outcome::fail(
+            _ => AttemptResult::fail(
                 None,
                 format!(
                     "rule {:?} or its action {} no longer exists",
@@ -335,7 +344,7 @@ impl Dispatcher {
         };
         let attempt_no = d.attempts + 1;
         let policy = action.map_or(RetryPolicy::NONE, |a| a.retry);
-        let next = match &outcome.verdict {
+        let next = match &result.verdict {
             Verdict::Done => Next::Done,
             Verdict::Fail => Next::Dead,
             Verdict::Retry { .. } if attempt_no >= policy.attempts => Next::Dead,
@@ -348,47 +357,40 @@ impl Dispatcher {
                 )
             }
         };
-        let detail = set.redact(&outcome.detail);
+        let detail = set.redact(&result.detail);
         let follow_ups = match (next, rule) {
-            (Next::Dead, Some(rule)) if !on_failure => {
+            (Next::Dead, Some(rule)) if at.list == ActionList::Actions => {
                 failure_deliveries(rule, &leased, attempt_no, &detail)
             }
             _ => Vec::new(),
         };
-        let verdict_text = match (&outcome.verdict, next) {
-            (Verdict::Done, _) => "ok",
-            (_, Next::RetryAt(_)) => "retry",
-            _ => "failed",
+        let outcome = match (&result.verdict, next) {
+            (Verdict::Done, _) => AttemptOutcome::Ok,
+            (_, Next::RetryAt(_)) => AttemptOutcome::Retry,
+            _ => AttemptOutcome::Dead,
         };
-        self.metrics.record_attempt(
-            &d.kind,
-            if next == Next::Dead {
-                "dead"
-            } else {
-                verdict_text
-            },
-            started.elapsed().as_secs_f64(),
-        );
+        self.metrics
+            .record_attempt(d.kind, outcome, started.elapsed().as_secs_f64());
         let event_id = &leased.event.id;
         // `status` is passed as the `Option` itself: tracing records the
         // number when there is one and leaves the field out when there is
         // none (a log action, a refused connection), never `Some(..)`/`None`.
         match next {
             Next::Done => {
-                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, "Delivery done.")
+                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, "Delivery done.")
             }
             Next::RetryAt(due) => {
-                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
+                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
             }
             Next::Dead => {
-                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = outcome.status, error = %detail, "Delivery dead.")
+                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, error = %detail, "Delivery dead.")
             }
         }
         let attempt = Attempt {
             at_ms,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            outcome: verdict_text.to_owned(),
-            status: outcome.status,
+            outcome,
+            status: result.status,
             detail: (!detail.is_empty()).then_some(detail),
         };
         if let Err(e) = self
@@ -408,65 +410,27 @@ impl Dispatcher {
         rule: &Rule,
         action: &Action,
         leased: &Leased,
-    ) -> Outcome {
+    ) -> AttemptResult {
         let d = &leased.delivery;
         let failure = d.on_failure.as_ref().map(|f| failure_json(rule, f));
         let ctx = render::context(&leased.event, &rule.name, failure.as_ref());
-        let rendered = match render::render(set, action, &ctx) {
-            Ok(r) => r,
-            Err(e) => return Outcome::fail(None, e.to_string()),
+        let job = Job {
+            action,
+            context: &ctx,
+            rule: &rule.name,
+            event_id: &leased.event.id,
+            event_key: &d.event_key,
+            delivery: d.id,
         };
-        let event_id = &leased.event.id;
-        match rendered {
-            Rendered::Log { line } => {
-                tracing::info!(target: "hookrouter::action", event_id = %event_id, rule = %rule.name, "{}", set.redact(&line));
-                Outcome::done(None, String::new())
-            }
-            Rendered::Http(req) => {
-                let sign = match &action.kind {
-                    ActionKind::Http(h) => h.sign.as_ref(),
-                    _ => None,
-                };
-                let msg_id = format!("msg_{}_{}", leased.delivery.event_key, d.id);
-                actions::http::send(&self.client, &req, sign, &msg_id, action.timeout).await
-            }
-            Rendered::Shell(cmd) => {
-                let max_output = match &action.kind {
-                    ActionKind::Shell(s) => s.max_output,
-                    _ => 0,
-                };
-                let out = actions::shell::run(&cmd, action.timeout, max_output).await;
-                if !out.detail.is_empty() {
-                    tracing::info!(event_id = %event_id, rule = %rule.name, status = out.status, output = %set.redact(&out.detail), "Command finished.");
-                }
-                out
-            }
-        }
+        actions::run(set, &self.client, job).await
     }
-}
-
-/// The `concurrency:` of a delivery's action: `None` if the rule or action
-/// is gone, `Some(None)` if it runs under the global limit only.
-fn lane_of(set: &RuleSet, rule: &str, action: u32, on_failure: bool) -> Option<Option<u32>> {
-    set.rule(rule)
-        .and_then(|r| action_of(r, action, on_failure))
-        .map(|a| a.concurrency)
-}
-
-fn action_of(rule: &Rule, index: u32, on_failure: bool) -> Option<&Action> {
-    let list = if on_failure {
-        &rule.on_failure
-    } else {
-        &rule.actions
-    };
-    list.get(index as usize)
 }
 
 fn failure_json(rule: &Rule, f: &FailureContext) -> serde_json::Value {
     let kind = rule
         .actions
         .get(f.action as usize)
-        .map_or("unknown", |a| a.kind.name());
+        .map_or("unknown", |a| a.kind.action_type().as_str());
     serde_json::json!({
         "delivery": f.delivery,
         "action": { "index": f.action + 1, "type": kind },
@@ -487,7 +451,7 @@ fn failure_deliveries(
         .map(|(i, a)| NewDelivery {
             rule: rule.name.clone(),
             action: u32::try_from(i).unwrap_or(u32::MAX),
-            kind: a.kind.name().to_owned(),
+            kind: a.kind.action_type(),
             dedup_key: None,
             on_failure: Some(FailureContext {
                 delivery: leased.delivery.id,

@@ -23,7 +23,7 @@ use crate::rules::RuleSet;
 use crate::store::{Committed, DedupKey, NewDelivery, NewEvent, Store, StoreError};
 
 /// What became of an accepted event.
-pub enum Outcome {
+pub enum Ingested {
     Accepted {
         id: String,
         key: String,
@@ -86,7 +86,7 @@ pub fn plan(
             deliveries.push(NewDelivery {
                 rule: rule.name.clone(),
                 action: u32::try_from(i).unwrap_or(u32::MAX),
-                kind: action.kind.name().to_owned(),
+                kind: action.kind.action_type(),
                 dedup_key: rule_key.clone(),
                 on_failure: None,
             });
@@ -99,7 +99,7 @@ pub fn plan(
 /// is fsync'd, so an `Accepted` answer may be acknowledged with 2xx.
 ///
 /// When the dispatcher has free workers, the deliveries are committed already
-/// leased and come back in [`Outcome::Accepted`]'s `run`, which skips a trip
+/// leased and come back in [`Ingested::Accepted`]'s `run`, which skips a trip
 /// through the queue; otherwise they are queued and the dispatcher leases
 /// them.
 ///
@@ -111,7 +111,7 @@ pub async fn ingest(
     dispatcher: &Arc<Dispatcher>,
     event: Verified<Event>,
     dedup_window: Duration,
-) -> Result<Outcome, StoreError> {
+) -> Result<Ingested, StoreError> {
     let event = event.into_inner();
     let (deliveries, matched) = plan(set, &event, None);
     let now = clock::now_ms();
@@ -135,13 +135,13 @@ pub async fn ingest(
         None => (store.commit(new).await?, None),
     };
     Ok(match committed {
-        Committed::Accepted { key, deliveries } => Outcome::Accepted {
+        Committed::Accepted { key, deliveries } => Ingested::Accepted {
             id,
             key,
             matched,
             deliveries: deliveries.len().min(n),
             run,
         },
-        Committed::Duplicate { key } => Outcome::Duplicate { id, key },
+        Committed::Duplicate { key } => Ingested::Duplicate { id, key },
     })
 }

@@ -17,7 +17,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::store::{BatchStats, QueueDepth};
+use crate::rules::ActionType;
+use crate::store::{AttemptOutcome, BatchStats, QueueDepth};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -254,8 +255,10 @@ impl Metrics {
             .inc();
     }
 
-    pub fn record_attempt(&self, action: &str, outcome: &str, seconds: f64) {
-        let action = action.to_owned();
+    /// One attempt of an `action` delivery, labelled with the word the
+    /// store records for it.
+    pub fn record_attempt(&self, action: ActionType, outcome: AttemptOutcome, seconds: f64) {
+        let action = action.as_str().to_owned();
         self.attempts
             .get_or_create(&ActionLabels {
                 action: action.clone(),
@@ -269,7 +272,7 @@ impl Metrics {
         self.deliveries
             .get_or_create(&DeliveryLabels {
                 action,
-                outcome: outcome.to_owned(),
+                outcome: outcome.as_str().to_owned(),
             })
             .inc();
     }

@@ -58,13 +58,12 @@ pub async fn replay(
                     .actions
                     .get(action as usize)?
                     .kind
-                    .name()
-                    .to_owned(),
+                    .action_type(),
                 None => detail
                     .deliveries
                     .iter()
                     .find(|d| d.record.rule == rule && d.record.action == action)
-                    .map(|d| d.record.kind.clone())?,
+                    .map(|d| d.record.kind)?,
             };
             Some(NewDelivery {
                 kind,
@@ -92,19 +91,14 @@ pub async fn replay(
 pub enum DeliveryFilter {
     All,
     State(DeliveryState),
-    /// Whose last attempt failed: retrying (pending with an error) or dead.
-    Failed,
 }
 
 impl DeliveryFilter {
-    /// `pending`, `leased`, `done`, `dead` or `failed`.
+    /// `pending`, `leased`, `done` or `dead` (`failed` is read as `dead`).
     ///
     /// # Errors
     /// Any other word, as a message.
     pub fn parse(s: &str) -> Result<DeliveryFilter, String> {
-        if s.eq_ignore_ascii_case("failed") {
-            return Ok(DeliveryFilter::Failed);
-        }
         s.parse::<DeliveryState>()
             .map(DeliveryFilter::State)
             .map_err(|e| e.to_string())
@@ -123,16 +117,5 @@ pub fn list_deliveries(
     match filter {
         DeliveryFilter::All => store.list_deliveries(None, limit),
         DeliveryFilter::State(s) => store.list_deliveries(Some(s), limit),
-        DeliveryFilter::Failed => {
-            let mut out: Vec<DeliveryRecord> = store
-                .list_deliveries(Some(DeliveryState::Pending), usize::MAX)?
-                .into_iter()
-                .filter(|d| d.last_error.is_some())
-                .collect();
-            out.extend(store.list_deliveries(Some(DeliveryState::Dead), limit)?);
-            out.sort_by_key(|d| std::cmp::Reverse(d.id));
-            out.truncate(limit);
-            Ok(out)
-        }
     }
 }

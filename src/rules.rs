@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use globset::GlobMatcher;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::condition::Condition;
@@ -115,12 +116,74 @@ pub enum ActionKind {
 }
 
 impl ActionKind {
-    pub fn name(&self) -> &'static str {
+    pub fn action_type(&self) -> ActionType {
         match self {
-            ActionKind::Log(_) => "log",
-            ActionKind::Http(_) => "http",
-            ActionKind::Shell(_) => "shell",
+            ActionKind::Log(_) => ActionType::Log,
+            ActionKind::Http(_) => ActionType::Http,
+            ActionKind::Shell(_) => ActionType::Shell,
         }
+    }
+}
+
+/// The type of an action without its settings: what a delivery records, what
+/// metrics are labelled by, and the `type` a `failure` context shows.
+///
+/// Serialized as its word in every encoding. A derived enum would be written
+/// as a variant number by postcard (the delivery rows' encoding), which
+/// would neither read the rows that hold the word nor survive a reordering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum ActionType {
+    Log,
+    Http,
+    Shell,
+}
+
+impl ActionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionType::Log => "log",
+            ActionType::Http => "http",
+            ActionType::Shell => "shell",
+        }
+    }
+}
+
+impl std::fmt::Display for ActionType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<ActionType> for &'static str {
+    fn from(t: ActionType) -> Self {
+        t.as_str()
+    }
+}
+
+/// A word that is not `log`, `http` or `shell`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown action type {0:?} (expected log, http or shell)")]
+pub struct UnknownActionType(pub String);
+
+impl std::str::FromStr for ActionType {
+    type Err = UnknownActionType;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "log" => Ok(ActionType::Log),
+            "http" => Ok(ActionType::Http),
+            "shell" => Ok(ActionType::Shell),
+            _ => Err(UnknownActionType(s.to_owned())),
+        }
+    }
+}
+
+impl TryFrom<String> for ActionType {
+    type Error = UnknownActionType;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
     }
 }
 
@@ -150,6 +213,34 @@ impl Rule {
     pub fn matches_type(&self, kind: &str) -> bool {
         self.events.iter().any(|p| p.matches(kind))
     }
+
+    /// The actions of one of the rule's lists.
+    pub fn list(&self, list: ActionList) -> &[Action] {
+        match list {
+            ActionList::Actions => &self.actions,
+            ActionList::OnFailure => &self.on_failure,
+        }
+    }
+}
+
+/// Which of a rule's lists an action is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActionList {
+    /// `actions:`, run for each matching event.
+    Actions,
+    /// `on_failure:`, run when a delivery of the rule goes dead.
+    OnFailure,
+}
+
+/// One action of a rule, by the rule's name and the action's place in it.
+/// A delivery keeps only this, so it runs the action as the rule set
+/// current at that time defines it, or finds that it is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ActionRef {
+    pub rule: String,
+    pub list: ActionList,
+    /// Zero-based place in the list.
+    pub index: u32,
 }
 
 /// An embedded `tests:` case.
@@ -309,6 +400,11 @@ impl RuleSet {
 
     pub fn rule(&self, name: &str) -> Option<&Rule> {
         self.rule_by_name.get(name).map(|&i| &self.rules[i])
+    }
+
+    /// The action `at` points to, if its rule and action still exist.
+    pub fn action(&self, at: &ActionRef) -> Option<&Action> {
+        self.rule(&at.rule)?.list(at.list).get(at.index as usize)
     }
 
     /// Rules whose source and event type fit, in declaration order, before

@@ -43,7 +43,7 @@ use crate::body::BodyError;
 use crate::dispatch::Dispatcher;
 use crate::event::Event;
 use crate::http_util::{self, Conns, Resp};
-use crate::ingest::{self, Outcome};
+use crate::ingest::{self, Ingested};
 use crate::metrics::Metrics;
 use crate::providers::{Admission, AdmitError, Inbound, Source, Verified, admit};
 use crate::rules::RuleSet;
@@ -304,7 +304,7 @@ async fn ingest_event(
     )
     .await;
     match stored {
-        Ok(Outcome::Accepted {
+        Ok(Ingested::Accepted {
             id,
             key,
             matched,
@@ -325,7 +325,7 @@ async fn ingest_event(
                 &serde_json::json!({"status": "accepted", "id": id, "key": key, "deliveries": deliveries}),
             ))
         }
-        Ok(Outcome::Duplicate { id, key }) => {
+        Ok(Ingested::Duplicate { id, key }) => {
             tracing::info!(event_id = %id, key = %key, source = %source.name, "Duplicate event ignored.");
             Ok(http_util::json(
                 StatusCode::OK,

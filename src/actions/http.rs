@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::Outcome;
+use super::AttemptResult;
 use super::render::HttpRequest;
 use crate::rules::SigningKey;
 
@@ -54,11 +54,10 @@ pub async fn send(
     sign: Option<&SigningKey>,
     msg_id: &str,
     timeout: Duration,
-) -> Outcome {
-    let Ok(method) = reqwest::Method::from_bytes(req.method.as_bytes()) else {
-        return Outcome::fail(None, format!("invalid method {}", req.method));
-    };
-    let mut builder = client.request(method, &req.url).timeout(timeout);
+) -> AttemptResult {
+    let mut builder = client
+        .request(req.method.clone(), &req.url)
+        .timeout(timeout);
     for (k, v) in &req.headers {
         builder = builder.header(k, v);
     }
@@ -82,7 +81,7 @@ pub async fn send(
             } else {
                 format!("request failed: {}", root_cause(&e))
             };
-            return Outcome::retry(None, what, None);
+            return AttemptResult::retry(None, what, None);
         }
     };
     let status = resp.status();
@@ -105,14 +104,14 @@ pub async fn send(
         format!("HTTP {}: {}", status.as_u16(), text.trim())
     };
     if status.is_success() {
-        Outcome::done(code, detail)
+        AttemptResult::done(code, detail)
     } else if status.is_server_error()
         || status == reqwest::StatusCode::REQUEST_TIMEOUT
         || status == reqwest::StatusCode::TOO_MANY_REQUESTS
     {
-        Outcome::retry(code, detail, retry_after)
+        AttemptResult::retry(code, detail, retry_after)
     } else {
-        Outcome::fail(code, detail)
+        AttemptResult::fail(code, detail)
     }
 }
 

@@ -19,13 +19,19 @@ use crate::template::TemplateError;
 /// needs the send time).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpRequest {
-    pub method: String,
+    /// Checked when the rules were compiled, so it is always valid here.
+    #[serde(serialize_with = "method_text")]
+    pub method: http::Method,
     pub url: String,
     pub headers: Vec<(String, String)>,
     #[serde(serialize_with = "body_text")]
     pub body: Option<Vec<u8>>,
     /// Whether the request is signed with the Standard Webhooks scheme.
     pub signed: bool,
+}
+
+fn method_text<S: serde::Serializer>(method: &http::Method, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(method.as_str())
 }
 
 /// A body shown as text (lossy UTF-8) rather than a list of byte values.
@@ -274,7 +280,7 @@ pub fn render(
                 None => None,
             };
             Rendered::Http(HttpRequest {
-                method: h.method.to_string(),
+                method: h.method.clone(),
                 url,
                 headers,
                 body,

@@ -13,16 +13,16 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command as Process;
 
-use super::Outcome;
+use super::AttemptResult;
 use super::render::Command;
 
 /// PATH for children when the server's own PATH is unset.
 const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// Run `cmd`, waiting at most `timeout`.
-pub async fn run(cmd: &Command, timeout: Duration, max_output: usize) -> Outcome {
+pub async fn run(cmd: &Command, timeout: Duration, max_output: usize) -> AttemptResult {
     let Some((program, args)) = cmd.argv.split_first() else {
-        return Outcome::fail(None, "empty argv".to_owned());
+        return AttemptResult::fail(None, "empty argv".to_owned());
     };
     let mut p = Process::new(program);
     p.args(args)
@@ -45,8 +45,8 @@ pub async fn run(cmd: &Command, timeout: Duration, max_output: usize) -> Outcome
     // not hold up a runtime worker, and several starts overlap.
     let mut child = match tokio::task::spawn_blocking(move || p.spawn()).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Outcome::fail(None, format!("cannot start {program:?}: {e}")),
-        Err(e) => return Outcome::fail(None, format!("cannot start {program:?}: {e}")),
+        Ok(Err(e)) => return AttemptResult::fail(None, format!("cannot start {program:?}: {e}")),
+        Err(e) => return AttemptResult::fail(None, format!("cannot start {program:?}: {e}")),
     };
     let pgid = child.id();
     let stdout = child.stdout.take();
@@ -61,7 +61,7 @@ pub async fn run(cmd: &Command, timeout: Duration, max_output: usize) -> Outcome
             let _ = child.wait().await;
             out_task.abort();
             err_task.abort();
-            return Outcome::retry(
+            return AttemptResult::retry(
                 None,
                 format!(
                     "timed out after {}; process group killed",
@@ -87,7 +87,7 @@ pub async fn run(cmd: &Command, timeout: Duration, max_output: usize) -> Outcome
     kill_group(pgid);
     let output = describe_output(&stdout, &stderr);
     match status {
-        Ok(s) if s.success() => Outcome::done(Some(0), output),
+        Ok(s) if s.success() => AttemptResult::done(Some(0), output),
         Ok(s) => {
             let code = s.code();
             let what = match code {
@@ -99,9 +99,9 @@ pub async fn run(cmd: &Command, timeout: Duration, max_output: usize) -> Outcome
             } else {
                 format!("{what}: {output}")
             };
-            Outcome::retry(code, detail, None)
+            AttemptResult::retry(code, detail, None)
         }
-        Err(e) => Outcome::fail(None, format!("waiting for the process failed: {e}")),
+        Err(e) => AttemptResult::fail(None, format!("waiting for the process failed: {e}")),
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use serde_json::Value;
 
 use crate::ops::{self, DeliveryFilter};
-use crate::store::Store;
+use crate::store::{DeliveryState, Store};
 
 /// Where the data comes from.
 #[derive(Debug, Clone)]
@@ -312,7 +312,7 @@ fn deliveries_table(list: &[Value]) -> String {
     )
 }
 
-/// `hookrouter deliveries [--failed] [--state S]`.
+/// `hookrouter deliveries [--state S]` (`--failed` is `--state dead`).
 pub fn deliveries(
     target: &Target,
     failed: bool,
@@ -321,7 +321,7 @@ pub fn deliveries(
     json: bool,
 ) -> ExitCode {
     let filter = if failed {
-        DeliveryFilter::Failed
+        DeliveryFilter::State(DeliveryState::Dead)
     } else {
         match state.map(DeliveryFilter::parse) {
             None => DeliveryFilter::All,
@@ -335,7 +335,6 @@ pub fn deliveries(
 fn filter_word(f: DeliveryFilter) -> Option<String> {
     match f {
         DeliveryFilter::All => None,
-        DeliveryFilter::Failed => Some("failed".to_owned()),
         DeliveryFilter::State(s) => Some(s.as_str().to_owned()),
     }
 }

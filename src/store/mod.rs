@@ -34,9 +34,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 pub use types::{
-    Attempt, BatchStats, Committed, DedupKey, DeliveryCounts, DeliveryDetail, DeliveryId,
-    DeliveryRecord, DeliveryState, EventDetail, EventSummary, FailureContext, Leased,
+    Attempt, AttemptOutcome, BatchStats, Committed, DedupKey, DeliveryCounts, DeliveryDetail,
+    DeliveryId, DeliveryRecord, DeliveryState, EventDetail, EventSummary, FailureContext, Leased,
     MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, ParseStateError, PruneStats, QueueDepth,
+    UnknownOutcome,
 };
 
 use prune::PruneChunk;

@@ -19,8 +19,8 @@ use serde::Serialize;
 use super::StoreError;
 use super::schema::{WriteTables, event_dedup_key, load_delivery, rule_dedup_key, with_deliveries};
 use super::types::{
-    Attempt, Committed, DeliveryId, DeliveryRecord, DeliveryState, MAX_DETAIL_BYTES, NewDelivery,
-    NewEvent, Next,
+    Attempt, AttemptOutcome, Committed, DeliveryId, DeliveryRecord, DeliveryState,
+    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next,
 };
 use crate::clock;
 
@@ -170,7 +170,7 @@ fn create_delivery(
         event_key: event_key.to_owned(),
         rule: d.rule.clone(),
         action: d.action,
-        kind: d.kind.clone(),
+        kind: d.kind,
         state: if lease_until.is_some() {
             DeliveryState::Leased
         } else {
@@ -406,11 +406,11 @@ pub(super) fn finish(
     }
     rec.attempts = n;
     fx.dirty = true;
-    if attempt.outcome != "ok" {
+    if attempt.outcome != AttemptOutcome::Ok {
         rec.last_error = Some(match (&attempt.detail, attempt.status) {
             (Some(d), _) => d.clone(),
             (None, Some(status)) => format!("{} (status {status})", attempt.outcome),
-            (None, None) => attempt.outcome.clone(),
+            (None, None) => attempt.outcome.to_string(),
         });
     }
 

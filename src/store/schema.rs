@@ -39,6 +39,7 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 use super::types::{Attempt, DeliveryId, DeliveryRecord};
 use crate::event::Event;
+use crate::rules::ActionType;
 
 pub(super) const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 pub(super) const EVENT_DELIVERIES: TableDefinition<(&str, u64), ()> =
@@ -204,7 +205,7 @@ pub(super) fn encode_delivery(rec: &DeliveryRecord) -> Result<Vec<u8>, StoreErro
         event_key: &rec.event_key,
         rule: &rec.rule,
         action: rec.action,
-        kind: &rec.kind,
+        kind: rec.kind,
         state: rec.state,
         attempts: rec.attempts,
         due_at_ms: rec.due_at_ms,
@@ -253,7 +254,7 @@ struct DeliveryRowRef<'a> {
     event_key: &'a str,
     rule: &'a str,
     action: u32,
-    kind: &'a str,
+    kind: ActionType,
     state: super::types::DeliveryState,
     attempts: u32,
     due_at_ms: u64,
@@ -271,7 +272,7 @@ struct DeliveryRow {
     event_key: String,
     rule: String,
     action: u32,
-    kind: String,
+    kind: ActionType,
     state: super::types::DeliveryState,
     attempts: u32,
     due_at_ms: u64,
@@ -425,4 +426,91 @@ pub(super) fn attempts_of(
         out.push((k.value().1, decode(v.value(), "attempt row")?));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Serialize;
+
+    use super::*;
+    use crate::store::types::{AttemptOutcome, DeliveryState};
+
+    /// A delivery row as layout 3 wrote it while its action type and attempt
+    /// outcome were plain strings.
+    #[derive(Serialize)]
+    struct OldRow<'a> {
+        id: u64,
+        event_key: &'a str,
+        rule: &'a str,
+        action: u32,
+        kind: &'a str,
+        state: DeliveryState,
+        attempts: u32,
+        due_at_ms: u64,
+        created_ms: u64,
+        lease_until_ms: Option<u64>,
+        last_error: Option<&'a str>,
+        on_failure: Option<&'a super::super::types::FailureContext>,
+        success: Option<OldAttempt<'a>>,
+    }
+
+    #[derive(Serialize)]
+    struct OldAttempt<'a> {
+        at_ms: u64,
+        duration_ms: u64,
+        outcome: &'a str,
+        status: Option<i32>,
+        detail: Option<&'a str>,
+    }
+
+    #[test]
+    fn typed_words_keep_the_string_rows() {
+        let old = OldRow {
+            id: 9,
+            event_key: "01J0000000000000000000000",
+            rule: "deploy",
+            action: 2,
+            kind: "shell",
+            state: DeliveryState::Done,
+            attempts: 2,
+            due_at_ms: 5_000,
+            created_ms: 1_000,
+            lease_until_ms: None,
+            last_error: Some("exit code 1"),
+            on_failure: None,
+            success: Some(OldAttempt {
+                at_ms: 6_000,
+                duration_ms: 12,
+                outcome: "ok",
+                status: Some(0),
+                detail: None,
+            }),
+        };
+        let old_row = postcard::to_extend(&old, vec![DELIVERY_POSTCARD]).expect("encode");
+        let rec = decode_delivery(&old_row).expect("an old row reads");
+        assert_eq!(rec.kind, ActionType::Shell);
+        let success = rec.success.as_ref().expect("success");
+        assert_eq!(success.outcome, AttemptOutcome::Ok);
+        // Written back, the row is byte for byte what the strings made.
+        assert_eq!(encode_delivery(&rec).expect("encode"), old_row);
+
+        // Attempt rows are JSON with the outcome as a word. Rows written
+        // before `dead` became the one word for giving up say `failed`.
+        let row = |word: &str| {
+            format!(r#"{{"at_ms":1,"duration_ms":2,"outcome":"{word}","status":500,"detail":"x"}}"#)
+        };
+        for (word, outcome, written) in [
+            ("ok", AttemptOutcome::Ok, "ok"),
+            ("retry", AttemptOutcome::Retry, "retry"),
+            ("dead", AttemptOutcome::Dead, "dead"),
+            ("failed", AttemptOutcome::Dead, "dead"),
+        ] {
+            let a: Attempt = decode(row(word).as_bytes(), "attempt row").expect("old attempt");
+            assert_eq!(a.outcome, outcome);
+            assert_eq!(serde_json::to_string(&a).expect("json"), row(written));
+        }
+        let unknown =
+            br#"{"at_ms":1,"duration_ms":2,"outcome":"maybe","status":null,"detail":null}"#;
+        assert!(decode::<Attempt>(unknown, "attempt row").is_err());
+    }
 }

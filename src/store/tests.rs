@@ -16,6 +16,7 @@ use super::writer::{self, Op, Out};
 use super::*;
 use super::{migrate, prune};
 use crate::event::Event;
+use crate::rules::ActionType;
 
 const WINDOW: u64 = 10_000;
 const LEASE: u64 = 30_000;
@@ -37,7 +38,7 @@ fn delivery(rule: &str, action: u32) -> NewDelivery {
     NewDelivery {
         rule: rule.to_owned(),
         action,
-        kind: "http".to_owned(),
+        kind: ActionType::Http,
         dedup_key: None,
         on_failure: None,
     }
@@ -64,7 +65,7 @@ fn attempt(at_ms: u64, outcome: &str, detail: Option<&str>) -> Attempt {
     Attempt {
         at_ms,
         duration_ms: 5,
-        outcome: outcome.to_owned(),
+        outcome: outcome.parse().expect("outcome"),
         status: Some(if outcome == "ok" { 200 } else { 500 }),
         detail: detail.map(str::to_owned),
     }
@@ -1161,7 +1162,7 @@ fn delivery_rows_round_trip_in_both_forms() {
         event_key: "01J0000000000000000000000".to_owned(),
         rule: "deploy".to_owned(),
         action: 1,
-        kind: "http".to_owned(),
+        kind: ActionType::Http,
         state: DeliveryState::Leased,
         attempts: 2,
         due_at_ms: 5_000,

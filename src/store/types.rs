@@ -13,6 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
+use crate::rules::{ActionList, ActionRef, ActionType};
 
 /// Identifier of one delivery. Allocated from a counter inside the same write
 /// transaction that creates the delivery, so id order is arrival order and ids
@@ -51,8 +52,8 @@ pub struct NewDelivery {
     /// Index of the action in the rule (or in its `on_failure` list when
     /// `on_failure` is set).
     pub action: u32,
-    /// `"http"`, `"shell"` or `"log"`; kept only for listing and filtering.
-    pub kind: String,
+    /// Kept only for listing, filtering and metrics.
+    pub kind: ActionType,
     /// Optional rule-level dedup key (the rendered `dedup:` template of the
     /// rule). Scoped to the rule: the same key under two rules does not
     /// collide. If the key is already recorded and unexpired, this delivery is
@@ -64,6 +65,27 @@ pub struct NewDelivery {
     pub dedup_key: Option<String>,
     /// Set for deliveries created because another delivery died.
     pub on_failure: Option<FailureContext>,
+}
+
+impl NewDelivery {
+    /// The action the delivery will run.
+    pub fn action_ref(&self) -> ActionRef {
+        action_ref(&self.rule, self.action, self.on_failure.as_ref())
+    }
+}
+
+/// An `on_failure` delivery runs from the rule's `on_failure` list; every
+/// other delivery from its `actions`.
+fn action_ref(rule: &str, index: u32, on_failure: Option<&FailureContext>) -> ActionRef {
+    ActionRef {
+        rule: rule.to_owned(),
+        list: if on_failure.is_some() {
+            ActionList::OnFailure
+        } else {
+            ActionList::Actions
+        },
+        index,
+    }
 }
 
 /// Why an `on_failure` delivery exists: the delivery that died and how.
@@ -131,10 +153,10 @@ impl fmt::Display for DeliveryState {
     }
 }
 
-/// A state name that is not one of `pending`, `leased`, `done`, `dead`,
-/// `failed`.
+/// A state name that is not one of `pending`, `leased`, `done`, `dead`
+/// (or its alias `failed`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown delivery state {0:?} (expected pending, leased, done, dead or failed)")]
+#[error("unknown delivery state {0:?} (expected pending, leased, done or dead)")]
 pub struct ParseStateError(pub String);
 
 impl FromStr for DeliveryState {
@@ -142,7 +164,8 @@ impl FromStr for DeliveryState {
 
     /// Parses a state name, case-insensitively.
     ///
-    /// `failed` is an alias of `dead`: the deliveries that gave up. A delivery
+    /// `failed` is an alias of `dead`, the one word for a delivery that gave
+    /// up; it is accepted because earlier versions offered it. A delivery
     /// that failed but will retry is `pending` with `attempts > 0` and a
     /// `last_error`; it is not a state of its own, because the store indexes
     /// states and "failed once, retrying" would have to be found by scanning.
@@ -165,7 +188,7 @@ pub struct DeliveryRecord {
     pub event_key: String,
     pub rule: String,
     pub action: u32,
-    pub kind: String,
+    pub kind: ActionType,
     pub state: DeliveryState,
     /// Attempts recorded so far.
     pub attempts: u32,
@@ -185,6 +208,13 @@ pub struct DeliveryRecord {
     pub success: Option<Attempt>,
 }
 
+impl DeliveryRecord {
+    /// The action the delivery runs.
+    pub fn action_ref(&self) -> ActionRef {
+        action_ref(&self.rule, self.action, self.on_failure.as_ref())
+    }
+}
+
 /// A delivery handed to a worker, with the event it is for.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Leased {
@@ -198,12 +228,76 @@ pub struct Leased {
 pub struct Attempt {
     pub at_ms: u64,
     pub duration_ms: u64,
-    /// `"ok"`, `"retry"` or `"failed"`.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
     /// HTTP status or process exit code.
     pub status: Option<i32>,
     /// Error or output excerpt; truncated to [`MAX_DETAIL_BYTES`] when stored.
     pub detail: Option<String>,
+}
+
+/// How an attempt ended for its delivery.
+///
+/// Serialized as its word in every encoding: attempts are stored as JSON and,
+/// inside delivery rows, as postcard, which would write a derived enum as a
+/// variant number and so misread the rows that hold the word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+pub enum AttemptOutcome {
+    /// The action succeeded; the delivery is done.
+    Ok,
+    /// The action failed and will be tried again.
+    Retry,
+    /// The action failed and will not be tried again: the delivery is dead.
+    /// Rows written before this word was settled say `failed`.
+    Dead,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Ok => "ok",
+            AttemptOutcome::Retry => "retry",
+            AttemptOutcome::Dead => "dead",
+        }
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<AttemptOutcome> for &'static str {
+    fn from(o: AttemptOutcome) -> Self {
+        o.as_str()
+    }
+}
+
+/// A word that is not an attempt outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown attempt outcome {0:?} (expected ok, retry or dead)")]
+pub struct UnknownOutcome(pub String);
+
+impl FromStr for AttemptOutcome {
+    type Err = UnknownOutcome;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ok" => Ok(AttemptOutcome::Ok),
+            "retry" => Ok(AttemptOutcome::Retry),
+            "dead" | "failed" => Ok(AttemptOutcome::Dead),
+            _ => Err(UnknownOutcome(s.to_owned())),
+        }
+    }
+}
+
+impl TryFrom<String> for AttemptOutcome {
+    type Error = UnknownOutcome;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 /// What happens to a delivery after an attempt.

@@ -230,7 +230,7 @@ fn http_4xx_is_final() {
         assert_eq!(d["attempts"], 1, "{d:#}");
         let h = history(&d);
         assert_eq!(field(&h, "status"), [json!(status)]);
-        assert_eq!(field(&h, "outcome"), ["failed"]);
+        assert_eq!(field(&h, "outcome"), ["dead"]);
         assert_eq!(receiver.count(), i + 1, "a {status} was retried");
     }
 }
@@ -297,6 +297,83 @@ fn http_timeout_is_retried() {
     );
 }
 
+/// A delivery that gave up is `dead` in its history, its state, the listing
+/// and the metrics; `failed`, which once also listed deliveries still
+/// retrying, is read as `dead`.
+#[test]
+fn a_delivery_that_gave_up_is_dead_everywhere() {
+    let rules = r#"
+  - name: gives-up
+    source: github
+    event: push
+    actions:
+      - shell: ["false"]
+        retry: { attempts: 1 }
+  - name: keeps-trying
+    source: github
+    event: push
+    actions:
+      - shell: ["false"]
+        retry: { attempts: 5, backoff: 1h, max_backoff: 1h }
+"#;
+    let setup = Setup::new(rules, "http://127.0.0.1:9");
+    let server = setup.start();
+
+    let key = send(&server, &json!({ "seq": 1 }));
+    let ev = wait_event(&server, &key, "one dead and one retrying delivery", |e| {
+        let list = main_deliveries(e);
+        list.len() == 2 && list.iter().all(|d| d["attempts"] == 1)
+    });
+    let list = main_deliveries(&ev);
+    let dead = list
+        .iter()
+        .find(|d| d["rule"] == "gives-up")
+        .expect("gives-up");
+    let retrying = list
+        .iter()
+        .find(|d| d["rule"] == "keeps-trying")
+        .expect("keeps-trying");
+    assert_eq!(dead["state"], "dead", "{ev:#}");
+    assert_eq!(field(&history(dead), "outcome"), ["dead"]);
+    assert_eq!(retrying["state"], "pending", "{ev:#}");
+    assert_eq!(field(&history(retrying), "outcome"), ["retry"]);
+
+    let ids = |v: &Value| -> Vec<Value> {
+        v["deliveries"]
+            .as_array()
+            .expect("deliveries")
+            .iter()
+            .map(|d| d["id"].clone())
+            .collect()
+    };
+    let want = vec![dead["id"].clone()];
+    for args in [
+        ["deliveries", "--state", "dead", "--json"].as_slice(),
+        &["deliveries", "--failed", "--json"],
+    ] {
+        assert_eq!(ids(&cli_json(&server, args)), want, "{args:?}");
+    }
+    for state in ["dead", "failed"] {
+        let resp = get(
+            &server.admin_url(&format!("/api/deliveries?state={state}")),
+            &[],
+        );
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        assert_eq!(ids(&resp.json()), want, "state={state}");
+    }
+
+    let metrics = get(&server.admin_url("/metrics"), &[]).body;
+    for line in [
+        r#"hookrouter_deliveries_total{action="shell",outcome="dead"} 1"#,
+        r#"hookrouter_deliveries_total{action="shell",outcome="retry"} 1"#,
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in:\n{metrics}"
+        );
+    }
+}
+
 #[test]
 fn dead_delivery_is_listed_and_replay_delivers_it() {
     let receiver = Receiver::start();
@@ -317,7 +394,7 @@ fn dead_delivery_is_listed_and_replay_delivers_it() {
     assert_eq!(dead["attempts"], 3);
     assert_eq!(
         field(&history(&dead), "outcome"),
-        ["retry", "retry", "failed"]
+        ["retry", "retry", "dead"]
     );
     assert_eq!(receiver.count(), 3);
 
