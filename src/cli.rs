@@ -23,7 +23,8 @@ Examples:
   hookrouter test --rules rules/ --source github --body push.json \\
       --header 'X-GitHub-Event: push'       show what a request would do
 
-Exit codes: 0 ok, 1 invalid rules or failed check, 2 usage or I/O error.";
+Exit codes: 0 ok, 1 invalid rules or failed check, 2 usage or I/O error,
+3 a part the server needs stopped (serve; restart it).";
 
 /// Receive webhooks, verify them, store them, and route them to actions by
 /// YAML rules.

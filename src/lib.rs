@@ -22,8 +22,12 @@ pub mod condition;
 pub mod config;
 pub mod dispatch;
 pub mod dryrun;
+pub mod entropy;
 pub mod envelope;
 pub mod event;
+// Test-only fault injection; absent from release builds.
+#[cfg(debug_assertions)]
+pub mod fault;
 pub mod fuzzing;
 pub mod ingest;
 pub mod inspect;
@@ -33,5 +37,6 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod template;

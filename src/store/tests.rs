@@ -161,7 +161,7 @@ fn duplicates_within_one_batch() {
     let dir = tempdir();
     let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
     writer::prepare(&db, 0).expect("prepare");
-    let mut keys = KeyGen::new();
+    let mut keys = KeyGen::new().expect("random seed");
     let commit = |ev: NewEvent| {
         let row = writer::event_row(&ev).expect("row");
         Op::Commit(ev, row, None)
@@ -205,7 +205,7 @@ fn commands_arriving_during_a_batch_join_its_commit() {
     let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
     writer::prepare(&db, 0).expect("prepare");
     let shared = writer::Shared::default();
-    let mut keys = KeyGen::new();
+    let mut keys = KeyGen::new().expect("random seed");
     let commit = |ev: NewEvent| {
         let row = writer::event_row(&ev).expect("row");
         Op::Commit(ev, row, None)

@@ -186,19 +186,25 @@ pub(super) fn now_ms() -> u64 {
 /// Event keys: ULIDs whose timestamp is the receive time, monotonic within
 /// this process so keys sort in commit order even within one millisecond.
 /// `list_events` pages by key and `prune` range-scans by key.
-pub(super) struct KeyGen(ulid::Generator);
+///
+/// Its random bits come from a generator seeded once, when the store opens
+/// (see `crate::entropy`), so no key ever waits on, or fails for, a random
+/// source.
+pub(super) struct KeyGen(ulid::Generator, rand::rngs::StdRng);
 
 impl KeyGen {
-    pub(super) fn new() -> Self {
-        KeyGen(ulid::Generator::new())
+    pub(super) fn new() -> Result<Self, StoreError> {
+        use rand::SeedableRng as _;
+        let rng = rand::rngs::StdRng::from_seed(crate::entropy::seed()?);
+        Ok(KeyGen(ulid::Generator::new(), rng))
     }
 
     fn next(&mut self, ms: u64) -> String {
         let at = UNIX_EPOCH + Duration::from_millis(ms);
-        match self.0.generate_from_datetime(at) {
+        match self.0.generate_from_datetime_with_source(at, &mut self.1) {
             Ok(u) => u.to_string(),
             // Only after 2^80 keys in one millisecond; a random ULID is still unique.
-            Err(_) => ulid::Ulid::from_datetime(at).to_string(),
+            Err(_) => ulid::Ulid::from_datetime_with_source(at, &mut self.1).to_string(),
         }
     }
 }
@@ -296,8 +302,12 @@ fn migrate_v1(txn: &WriteTransaction) -> Result<(), StoreError> {
 
 /// The writer thread's body. Returns when every handle is gone or after a
 /// shutdown request, having answered every command it accepted.
-pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
-    let mut keys = KeyGen::new();
+pub(super) fn run(
+    db: Arc<Database>,
+    mut rx: mpsc::Receiver<Cmd>,
+    shared: Arc<Shared>,
+    mut keys: KeyGen,
+) {
     let mut acks = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
@@ -322,7 +332,11 @@ fn receive(
     acks: &mut Vec<oneshot::Sender<()>>,
 ) {
     match cmd {
-        Cmd::Op(op, reply) => batch.push((*op, reply)),
+        Cmd::Op(op, reply) => {
+            #[cfg(debug_assertions)]
+            crate::fault::writer_received(matches!(*op, Op::Commit(..)));
+            batch.push((*op, reply));
+        }
         Cmd::Shutdown(ack) => {
             // Commands already queued are still received and answered;
             // later sends fail, so callers get `Closed`.

@@ -6,6 +6,7 @@ mod crash;
 mod dryrun;
 mod fuzz_seeds;
 mod hostile;
+mod liveness;
 mod operate;
 mod providers;
 mod schema;
