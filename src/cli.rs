@@ -339,6 +339,12 @@ pub struct TestArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // std's hash maps draw their keys from the same sources as
+    // `crate::entropy` and panic without one: say so plainly, and first.
+    if let Err(e) = crate::entropy::seed() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     match command {

@@ -1235,3 +1235,16 @@ async fn a_layout_2_file_with_json_delivery_rows_opens_and_runs() {
         Some(schema::SCHEMA_VERSION)
     );
 }
+
+#[tokio::test]
+async fn writer_stopped_waits_for_the_writer_and_says_why() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let running = tokio::time::timeout(Duration::from_millis(100), store.writer_stopped()).await;
+    assert!(running.is_err(), "a running writer reported a stop");
+    store.close().await.expect("close");
+    let why = tokio::time::timeout(Duration::from_secs(5), store.writer_stopped())
+        .await
+        .expect("no word from a stopped writer");
+    assert_eq!(why, "it stopped");
+}
