@@ -22,7 +22,8 @@ Examples:
   hookrouter test --rules rules/ --source github --body push.json \\
       --header 'X-GitHub-Event: push'       show what a request would do
 
-Exit codes: 0 ok, 1 invalid rules or failed check, 2 usage or I/O error.";
+Exit codes: 0 ok, 1 invalid rules or failed check, 2 usage or I/O error,
+3 a part the server needs stopped (serve; restart it).";
 
 /// Receive webhooks, verify them, store them, and route them to actions by
 /// YAML rules.
@@ -362,6 +363,12 @@ impl ServeArgs {
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
+    // std's hash maps draw their keys from the same sources as
+    // `crate::entropy` and panic without one: say so plainly, and first.
+    if let Err(e) = crate::entropy::seed() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(cli.serve));
     match command {

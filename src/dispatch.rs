@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use rand::Rng as _;
+use rand::rngs::SmallRng;
+use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -67,6 +68,9 @@ pub struct Dispatcher {
     accepting: AtomicBool,
     lanes: Mutex<HashMap<LaneKey, mpsc::UnboundedSender<Leased>>>,
     tracker: TaskTracker,
+    /// Retry jitter. Seeded once at start rather than `rand::rng()`, whose
+    /// lazy seeding can fail, and would then panic, on the first retry.
+    jitter: Mutex<SmallRng>,
 }
 
 /// Worker slots reserved for the deliveries of one event about to be
@@ -131,6 +135,7 @@ impl Dispatcher {
         store: Store,
         metrics: Arc<Metrics>,
         workers: usize,
+        jitter_seed: [u8; 32],
     ) -> Arc<Dispatcher> {
         let workers = workers.max(1);
         Arc::new(Dispatcher {
@@ -148,6 +153,7 @@ impl Dispatcher {
             accepting: AtomicBool::new(true),
             lanes: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
+            jitter: Mutex::new(SmallRng::from_seed(jitter_seed)),
         })
     }
 
@@ -349,7 +355,10 @@ impl Dispatcher {
             Verdict::Fail => Next::Dead,
             Verdict::Retry { .. } if attempt_no >= policy.attempts => Next::Dead,
             Verdict::Retry { after } => {
-                let jitter = rand::rng().random_range(-0.2..=0.2);
+                let jitter = match self.jitter.lock() {
+                    Ok(mut rng) => rng.random_range(-0.2..=0.2),
+                    Err(poisoned) => poisoned.into_inner().random_range(-0.2..=0.2),
+                };
                 let delay = backoff(&policy, attempt_no, *after, jitter);
                 Next::RetryAt(
                     unix_ms(SystemTime::now())

@@ -50,7 +50,11 @@ pub mod condition;
 pub mod config;
 pub mod dispatch;
 pub mod dryrun;
+pub mod entropy;
 pub mod event;
+// Test-only fault injection; absent from release builds.
+#[cfg(debug_assertions)]
+pub mod fault;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod http_util;
@@ -62,5 +66,6 @@ pub mod reload;
 pub mod rules;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod template;

@@ -4,8 +4,9 @@
 //! or SIGINT drains: stop accepting, finish in-flight requests and commits,
 //! give running actions `--grace`; a second signal exits at once), and the
 //! order of shutdown. The pieces themselves live in `server`, `dispatch` and
-//! `store`. Its options come as a plain [`Config`], which `cli` fills from
-//! flags and environment variables.
+//! `store`; `supervisor` ends the process when one of them stops on its own.
+//! Its options come as a plain [`Config`], which `cli` fills from flags and
+//! environment variables.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,6 +49,8 @@ pub struct Config {
     pub retention: Duration,
     pub workers: usize,
 }
+use crate::entropy;
+use crate::supervisor::{self, Supervisor};
 
 /// Run the server until a signal stops it.
 pub fn run(args: &Config) -> ExitCode {
@@ -86,7 +89,15 @@ pub fn run(args: &Config) -> ExitCode {
     runtime.block_on(serve(args, loaded))
 }
 
-async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
+async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {    // Event keys and retry jitter come from generators seeded now, so a root
+    // without a random source stops the server here, not on its first event.
+    let seed = match entropy::seed() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "Cannot start.");
+            return ExitCode::from(2);
+        }
+    };
     let store = match Store::open(&args.data) {
         Ok(s) => s,
         Err(e) => {
@@ -136,6 +147,20 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
     // handled, never lost or fatal.
     let shutdown = CancellationToken::new();
     tokio::spawn(watch_signals(install_signals(), shutdown.clone()));
+    let supervisor = Supervisor::new(shutdown.clone());
+
+    // The writer is meant to outlive everything that writes; it ending
+    // before `closing` is a failure.
+    let closing = CancellationToken::new();
+    let writer_watch = tokio::spawn({
+        let (store, supervisor, closing) = (store.clone(), supervisor.clone(), closing.clone());
+        async move {
+            tokio::select! {
+                why = store.writer_stopped() => supervisor.fail("store writer", &why),
+                () = closing.cancelled() => {}
+            }
+        }
+    });
 
     let reloader = Reloader {
         paths: args.rules.clone(),
@@ -143,7 +168,11 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
         status: reload_status.clone(),
         metrics: metrics.clone(),
     };
-    reloader.start(shutdown.clone());
+    supervisor.watch(
+        "rule reloader",
+        shutdown.clone(),
+        reloader.start(shutdown.clone()),
+    );
 
     {
         let set = rules.load();
@@ -165,7 +194,11 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             reload: reload_status.clone(),
             guard: Guard::new(bound, args.admin_hosts.clone()),
         });
-        tokio::spawn(admin::run(l, admin, shutdown.clone()))
+        supervisor.watch(
+            "admin listener",
+            shutdown.clone(),
+            tokio::spawn(admin::run(l, admin, shutdown.clone())),
+        )
     });
 
     let retention = args.retention.max(args.dedup_window);
@@ -175,11 +208,25 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             "Retention raised to the dedup window, so duplicates stay recognisable."
         );
     }
-    tokio::spawn(prune_loop(store.clone(), retention, shutdown.clone()));
+    supervisor.watch(
+        "pruner",
+        shutdown.clone(),
+        tokio::spawn(prune_loop(store.clone(), retention, shutdown.clone())),
+    );
 
-    let dispatcher = Dispatcher::new(rules.clone(), store.clone(), metrics.clone(), args.workers);
+    let dispatcher = Dispatcher::new(
+        rules.clone(),
+        store.clone(),
+        metrics.clone(),
+        args.workers,
+        seed,
+    );
     let dispatch_stop = CancellationToken::new();
-    let dispatch_task = tokio::spawn(dispatcher.clone().run(dispatch_stop.clone(), args.grace));
+    let dispatch_task = supervisor.watch(
+        "dispatcher",
+        dispatch_stop.clone(),
+        tokio::spawn(dispatcher.clone().run(dispatch_stop.clone(), args.grace)),
+    );
 
     let ingress = Arc::new(Ingress {
         rules: rules.clone(),
@@ -195,15 +242,33 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
         },
         metrics: metrics.clone(),
     });
-    server::run(listener, ingress, shutdown.clone()).await;
+    let ingress_task = supervisor.watch(
+        "webhook listener",
+        shutdown.clone(),
+        tokio::spawn(server::run(listener, ingress, shutdown.clone())),
+    );
+    // A signal or a failed part; either way the same drain follows.
+    shutdown.cancelled().await;
+    let _ = ingress_task.await;
     tracing::info!("Stopped accepting; draining actions.");
     dispatch_stop.cancel();
     let _ = dispatch_task.await;
     if let Some(t) = admin_task {
         let _ = t.await;
     }
+    closing.cancel();
+    let _ = writer_watch.await;
     if let Err(e) = store.close().await {
-        tracing::error!(error = %e, "Closing the data file failed.");
+        if supervisor.failed() {
+            // Already said: the writer had stopped.
+            tracing::debug!(error = %e, "Closing the data file failed.");
+        } else {
+            supervisor.fail("store writer", &e.to_string());
+        }
+    }
+    if supervisor.failed() {
+        tracing::info!("Stopped after a failure.");
+        return ExitCode::from(supervisor::EXIT_CODE);
     }
     tracing::info!("Stopped.");
     ExitCode::SUCCESS

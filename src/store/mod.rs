@@ -31,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 pub use types::{
     Attempt, AttemptOutcome, BatchStats, Committed, DedupKey, DeliveryCounts, DeliveryDetail,
@@ -75,6 +75,8 @@ pub enum StoreError {
     Closed,
     #[error("cannot start the store writer thread: {0}")]
     Spawn(#[source] std::io::Error),
+    #[error(transparent)]
+    Random(#[from] crate::entropy::Unavailable),
     #[error("no event with key {0:?}")]
     UnknownEvent(String),
     #[error("no delivery with id {0}")]
@@ -135,6 +137,8 @@ struct Inner {
     tx: Option<mpsc::Sender<Cmd>>,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Why the writer thread ended, once it has.
+    stopped: watch::Receiver<Option<String>>,
 }
 
 impl Drop for Inner {
@@ -171,15 +175,31 @@ impl Store {
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
         let pending = migrate::prepare(&db, crate::clock::now_ms())?;
+        let keys = ops::KeyGen::new()?;
         let db = Arc::new(db);
         let shared = Arc::new(Shared::default());
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (stop_tx, stopped) = watch::channel(None);
         let handle = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn({
                 let db = Arc::clone(&db);
                 let shared = Arc::clone(&shared);
-                move || writer::run(db, rx, shared)
+                move || {
+                    // Caught only to be reported, then raised again, so
+                    // joining the thread still sees the panic.
+                    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        writer::run(db, rx, shared, keys);
+                    }));
+                    let why = match &ran {
+                        Ok(()) => "it stopped".to_owned(),
+                        Err(payload) => crate::supervisor::panic_message(payload.as_ref()),
+                    };
+                    let _ = stop_tx.send(Some(why));
+                    if let Err(payload) = ran {
+                        std::panic::resume_unwind(payload);
+                    }
+                }
             })
             .map_err(StoreError::Spawn)?;
         if pending > 0 {
@@ -191,6 +211,7 @@ impl Store {
                 tx: Some(tx),
                 shared,
                 writer: Mutex::new(Some(handle)),
+                stopped,
             }),
         })
     }
@@ -389,6 +410,19 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// Resolves once the writer thread has ended, with why: the message of
+    /// the panic that ended it, or that it stopped (after [`Store::close`]).
+    /// Every write fails with [`StoreError::Closed`] from then on, so a
+    /// server watches this to end rather than answer 503 forever.
+    pub async fn writer_stopped(&self) -> String {
+        let mut stopped = self.inner.stopped.clone();
+        match stopped.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The thread drops its sender only after sending.
+            Err(_) => "it stopped".to_owned(),
+        }
     }
 
     /// Notified after a write that created due work (new or replayed

@@ -27,19 +27,24 @@ use crate::clock;
 /// Event keys: ULIDs whose timestamp is the receive time, monotonic within
 /// this process so keys sort in commit order even within one millisecond.
 /// `list_events` pages by key and `prune` range-scans by key.
-pub(super) struct KeyGen(ulid::Generator);
+pub(super) struct KeyGen(ulid::Generator, rand::rngs::StdRng);
 
 impl KeyGen {
-    pub(super) fn new() -> Self {
-        KeyGen(ulid::Generator::new())
+    /// Its random bits come from a generator seeded once, when the store
+    /// opens (see `crate::entropy`), so no key ever waits on, or fails for,
+    /// a random source.
+    pub(super) fn new() -> Result<Self, StoreError> {
+        use rand::SeedableRng as _;
+        let rng = rand::rngs::StdRng::from_seed(crate::entropy::seed()?);
+        Ok(KeyGen(ulid::Generator::new(), rng))
     }
 
     fn next(&mut self, ms: u64) -> String {
         let at = clock::from_unix_ms(ms);
-        match self.0.generate_from_datetime(at) {
+        match self.0.generate_from_datetime_with_source(at, &mut self.1) {
             Ok(u) => u.to_string(),
             // Only after 2^80 keys in one millisecond; a random ULID is still unique.
-            Err(_) => ulid::Ulid::from_datetime(at).to_string(),
+            Err(_) => ulid::Ulid::from_datetime_with_source(at, &mut self.1).to_string(),
         }
     }
 }

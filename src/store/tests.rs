@@ -164,7 +164,7 @@ fn duplicates_within_one_batch() {
     let dir = tempdir();
     let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
     migrate::prepare(&db, 0).expect("prepare");
-    let mut keys = KeyGen::new();
+    let mut keys = KeyGen::new().expect("random seed");
     let commit = |ev: NewEvent| {
         let row = ops::event_row(&ev).expect("row");
         Op::Commit(ev, row, None)
@@ -208,7 +208,7 @@ fn commands_arriving_during_a_batch_join_its_commit() {
     let db = redb::Database::create(dir.path().join("raw.redb")).expect("create");
     migrate::prepare(&db, 0).expect("prepare");
     let shared = writer::Shared::default();
-    let mut keys = KeyGen::new();
+    let mut keys = KeyGen::new().expect("random seed");
     let commit = |ev: NewEvent| {
         let row = ops::event_row(&ev).expect("row");
         Op::Commit(ev, row, None)
@@ -1237,4 +1237,17 @@ async fn a_layout_2_file_with_json_delivery_rows_opens_and_runs() {
             .map(|g| g.value()),
         Some(schema::SCHEMA_VERSION)
     );
+}
+
+#[tokio::test]
+async fn writer_stopped_waits_for_the_writer_and_says_why() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let running = tokio::time::timeout(Duration::from_millis(100), store.writer_stopped()).await;
+    assert!(running.is_err(), "a running writer reported a stop");
+    store.close().await.expect("close");
+    let why = tokio::time::timeout(Duration::from_secs(5), store.writer_stopped())
+        .await
+        .expect("no word from a stopped writer");
+    assert_eq!(why, "it stopped");
 }

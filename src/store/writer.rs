@@ -154,8 +154,12 @@ impl Counters {
 
 /// The writer thread's body. Returns when every handle is gone or after a
 /// shutdown request, having answered every command it accepted.
-pub(super) fn run(db: Arc<Database>, mut rx: mpsc::Receiver<Cmd>, shared: Arc<Shared>) {
-    let mut keys = KeyGen::new();
+pub(super) fn run(
+    db: Arc<Database>,
+    mut rx: mpsc::Receiver<Cmd>,
+    shared: Arc<Shared>,
+    mut keys: KeyGen,
+) {
     let mut acks = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let mut batch = Vec::new();
@@ -180,7 +184,11 @@ fn receive(
     acks: &mut Vec<oneshot::Sender<()>>,
 ) {
     match cmd {
-        Cmd::Op(op, reply) => batch.push((*op, reply)),
+        Cmd::Op(op, reply) => {
+            #[cfg(debug_assertions)]
+            crate::fault::writer_received(matches!(*op, Op::Commit(..)));
+            batch.push((*op, reply));
+        }
         Cmd::Shutdown(ack) => {
             // Commands already queued are still received and answered;
             // later sends fail, so callers get `Closed`.

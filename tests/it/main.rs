@@ -40,6 +40,7 @@ mod dedup;
 mod dryrun;
 mod fuzz_seeds;
 mod hostile;
+mod liveness;
 mod log_fields;
 mod logging;
 mod providers;
