@@ -89,7 +89,8 @@ pub fn run(args: &Config) -> ExitCode {
     runtime.block_on(serve(args, loaded))
 }
 
-async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {    // Event keys and retry jitter come from generators seeded now, so a root
+async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
+    // Event keys and retry jitter come from generators seeded now, so a root
     // without a random source stops the server here, not on its first event.
     let seed = match entropy::seed() {
         Ok(s) => s,
