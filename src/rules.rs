@@ -106,6 +106,43 @@ pub struct ShellAction {
     pub workdir: Option<PathBuf>,
     /// Bytes of stdout and of stderr kept.
     pub max_output: usize,
+    /// Written to the child's standard input, which is then closed. `None`:
+    /// stdin is `/dev/null`.
+    pub stdin: Option<Template>,
+    /// File name → content, written into a fresh private directory for each
+    /// attempt and removed after it. Templates see `files[name]` as the path.
+    pub files: Vec<(String, Template)>,
+}
+
+/// `cancel:` as an action: cancel the pending and running deliveries of
+/// `rule` whose group key equals the rendered `key`.
+#[derive(Debug, Clone)]
+pub struct CancelAction {
+    pub rule: String,
+    pub key: Template,
+}
+
+/// What a delivery does when it becomes due while its group is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnBusy {
+    /// Wait, in order of arrival.
+    #[default]
+    Queue,
+    /// Supersede every waiting (not running) member, then wait.
+    Replace,
+    /// Cancel the running members, supersede the waiting ones, run next.
+    Cancel,
+    /// Record the new delivery `skipped`.
+    Skip,
+}
+
+/// `group:` on an action: deliveries whose rendered `key` is equal form a
+/// group, of which at most `limit` run at once.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub key: Template,
+    pub limit: u32,
+    pub on_busy: OnBusy,
 }
 
 #[derive(Debug, Clone)]
@@ -113,6 +150,7 @@ pub enum ActionKind {
     Log(Template),
     Http(HttpAction),
     Shell(ShellAction),
+    Cancel(CancelAction),
 }
 
 impl ActionKind {
@@ -121,6 +159,7 @@ impl ActionKind {
             ActionKind::Log(_) => ActionType::Log,
             ActionKind::Http(_) => ActionType::Http,
             ActionKind::Shell(_) => ActionType::Shell,
+            ActionKind::Cancel(_) => ActionType::Cancel,
         }
     }
 }
@@ -137,6 +176,7 @@ pub enum ActionType {
     Log,
     Http,
     Shell,
+    Cancel,
 }
 
 impl ActionType {
@@ -145,6 +185,7 @@ impl ActionType {
             ActionType::Log => "log",
             ActionType::Http => "http",
             ActionType::Shell => "shell",
+            ActionType::Cancel => "cancel",
         }
     }
 }
@@ -161,9 +202,9 @@ impl From<ActionType> for &'static str {
     }
 }
 
-/// A word that is not `log`, `http` or `shell`.
+/// A word that is not `log`, `http`, `shell` or `cancel`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown action type {0:?} (expected log, http or shell)")]
+#[error("unknown action type {0:?} (expected log, http, shell or cancel)")]
 pub struct UnknownActionType(pub String);
 
 impl std::str::FromStr for ActionType {
@@ -174,6 +215,7 @@ impl std::str::FromStr for ActionType {
             "log" => Ok(ActionType::Log),
             "http" => Ok(ActionType::Http),
             "shell" => Ok(ActionType::Shell),
+            "cancel" => Ok(ActionType::Cancel),
             _ => Err(UnknownActionType(s.to_owned())),
         }
     }
@@ -194,7 +236,26 @@ pub struct Action {
     pub timeout: Duration,
     /// `None`: only the global worker limit applies.
     pub concurrency: Option<u32>,
+    /// Must render `true` just before an attempt; otherwise the delivery is
+    /// recorded `skipped`.
+    pub when: Option<Template>,
+    pub group: Option<Group>,
+    /// From SIGTERM to SIGKILL when a shell run is cancelled or times out.
+    pub kill_grace: Duration,
+    /// Run once after this action succeeds, with `result` in their context.
+    pub then: Vec<Action>,
+    /// A delivery not started this long after its event was accepted is
+    /// `expired`.
+    pub start_within: Option<Duration>,
     pub origin: Origin,
+}
+
+impl Action {
+    /// Grace between SIGTERM and SIGKILL when `group:` does not set one.
+    pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(10);
+
+    /// Deepest nesting of `then:` lists.
+    pub const MAX_THEN_DEPTH: usize = 8;
 }
 
 #[derive(Debug)]
@@ -204,8 +265,12 @@ pub struct Rule {
     pub events: Vec<EventPattern>,
     pub condition: Option<Condition>,
     pub dedup: Option<Template>,
+    /// One more condition after `match:`: must render `true`.
+    pub when: Option<Template>,
     pub actions: Vec<Action>,
     pub on_failure: Vec<Action>,
+    /// Run once per cancelled event, with `cancel.reason`.
+    pub on_cancel: Vec<Action>,
     pub origin: Origin,
 }
 
@@ -219,6 +284,7 @@ impl Rule {
         match list {
             ActionList::Actions => &self.actions,
             ActionList::OnFailure => &self.on_failure,
+            ActionList::OnCancel => &self.on_cancel,
         }
     }
 }
@@ -230,6 +296,8 @@ pub enum ActionList {
     Actions,
     /// `on_failure:`, run when a delivery of the rule goes dead.
     OnFailure,
+    /// `on_cancel:`, run once per cancelled event.
+    OnCancel,
 }
 
 /// One action of a rule, by the rule's name and the action's place in it.
@@ -241,6 +309,9 @@ pub struct ActionRef {
     pub list: ActionList,
     /// Zero-based place in the list.
     pub index: u32,
+    /// For a `then:` child: the places in each nested `then:` list below
+    /// the action at `index`; empty for the action itself.
+    pub then: Vec<u32>,
 }
 
 /// An embedded `tests:` case.
@@ -404,7 +475,11 @@ impl RuleSet {
 
     /// The action `at` points to, if its rule and action still exist.
     pub fn action(&self, at: &ActionRef) -> Option<&Action> {
-        self.rule(&at.rule)?.list(at.list).get(at.index as usize)
+        let mut action = self.rule(&at.rule)?.list(at.list).get(at.index as usize)?;
+        for &i in &at.then {
+            action = action.then.get(i as usize)?;
+        }
+        Some(action)
     }
 
     /// Rules whose source and event type fit, in declaration order, before

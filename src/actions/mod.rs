@@ -109,5 +109,10 @@ pub async fn run(set: &RuleSet, client: &reqwest::Client, job: Job<'_>) -> Attem
             }
             out
         }
+        // A cancel changes the store, which only the dispatcher holds; it
+        // takes cancel actions before they reach this function.
+        (Rendered::Cancel { .. }, _) => {
+            AttemptResult::fail(None, "a cancel action runs in the dispatcher".to_owned())
+        }
     }
 }

@@ -57,6 +57,8 @@ pub enum Rendered {
     Log { line: String },
     Http(HttpRequest),
     Shell(Command),
+    /// Cancel the deliveries of `rule` whose group key is `key`.
+    Cancel { rule: String, key: String },
 }
 
 /// The template context of one delivery. `failure` is set for `on_failure`
@@ -287,6 +289,10 @@ pub fn render(
                 signed: h.sign.is_some(),
             })
         }
+        ActionKind::Cancel(c) => Rendered::Cancel {
+            rule: c.rule.clone(),
+            key: t.render(&c.key, ctx)?,
+        },
         ActionKind::Shell(s) => Rendered::Shell(Command {
             argv: s
                 .argv

@@ -169,6 +169,9 @@ fn render_text(report: &Report) -> String {
                         let _ = writeln!(out, "    workdir {w}");
                     }
                 }
+                (Some(Rendered::Cancel { rule, key }), None) => {
+                    let _ = writeln!(out, "cancel rule={rule} key={key:?}");
+                }
             }
             let _ = writeln!(
                 out,

@@ -85,6 +85,7 @@ fn action_ref(rule: &str, index: u32, on_failure: Option<&FailureContext>) -> Ac
             ActionList::Actions
         },
         index,
+        then: Vec::new(),
     }
 }
 

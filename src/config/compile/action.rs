@@ -122,6 +122,11 @@ impl Compiler {
             retry,
             timeout,
             concurrency,
+            when: None,
+            group: None,
+            kill_grace: Action::DEFAULT_KILL_GRACE,
+            then: Vec::new(),
+            start_within: None,
             origin: ctx.origin(pos),
         })
     }
@@ -357,6 +362,8 @@ impl Compiler {
             env,
             workdir,
             max_output: usize::try_from(max_output).unwrap_or(usize::MAX),
+            stdin: None,
+            files: Vec::new(),
         })
     }
 }

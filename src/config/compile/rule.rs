@@ -64,8 +64,10 @@ impl Compiler {
             events,
             condition,
             dedup,
+            when: None,
             actions,
             on_failure,
+            on_cancel: Vec::new(),
             origin: ctx.origin(name_pos),
         });
     }
