@@ -343,16 +343,15 @@ fn decode_event_row_as<T: serde::de::DeserializeOwned>(
     bytes: &[u8],
 ) -> Result<(T, std::ops::Range<u64>), StoreError> {
     if bytes.first() == Some(&WITH_DELIVERIES) {
-        let header = bytes
-            .get(1..HEADER_LEN)
-            .ok_or_else(|| StoreError::Corrupt("event row: short header".to_owned()))?;
-        let mut first = [0u8; 8];
-        first.copy_from_slice(&header[..8]);
-        let mut count = [0u8; 4];
-        count.copy_from_slice(&header[8..]);
-        let first = u64::from_le_bytes(first);
-        let count = u64::from(u32::from_le_bytes(count));
-        let row = decode_body_row(&bytes[HEADER_LEN..])?;
+        let short = || StoreError::Corrupt("event row: short header".to_owned());
+        let (first, rest) = bytes
+            .get(1..)
+            .and_then(<[u8]>::split_first_chunk::<8>)
+            .ok_or_else(short)?;
+        let (count, body) = rest.split_first_chunk::<4>().ok_or_else(short)?;
+        let first = u64::from_le_bytes(*first);
+        let count = u64::from(u32::from_le_bytes(*count));
+        let row = decode_body_row(body)?;
         return Ok((row, first..first.saturating_add(count)));
     }
     Ok((decode_body_row(bytes)?, 0..0))
@@ -364,8 +363,8 @@ fn decode_body_row<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, St
             // LZ4 expands at most about 255:1; a larger claimed size is a
             // damaged row, not an allocation to attempt.
             let claimed = packed
-                .get(..4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .first_chunk::<4>()
+                .map(|b| u32::from_le_bytes(*b) as usize)
                 .unwrap_or(usize::MAX);
             if claimed > packed.len().saturating_mul(255).saturating_add(64) {
                 return Err(StoreError::Corrupt(

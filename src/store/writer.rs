@@ -302,7 +302,7 @@ pub(super) struct Transacted {
 /// The ops of one transaction, which may grow while it is being applied.
 trait Ops {
     fn len(&self) -> usize;
-    fn get(&self, i: usize) -> &Op;
+    fn get(&self, i: usize) -> Option<&Op>;
     /// Adds what arrived meanwhile; false when nothing did.
     fn refill(&mut self) -> bool;
 }
@@ -311,8 +311,8 @@ impl Ops for &[&Op] {
     fn len(&self) -> usize {
         <[&Op]>::len(self)
     }
-    fn get(&self, i: usize) -> &Op {
-        self[i]
+    fn get(&self, i: usize) -> Option<&Op> {
+        <[&Op]>::get(self, i).copied()
     }
     fn refill(&mut self) -> bool {
         false
@@ -331,8 +331,8 @@ impl Ops for Growing<'_> {
     fn len(&self) -> usize {
         self.batch.len()
     }
-    fn get(&self, i: usize) -> &Op {
-        &self.batch[i].0
+    fn get(&self, i: usize) -> Option<&Op> {
+        self.batch.get(i).map(|(op, _)| op)
     }
     fn refill(&mut self) -> bool {
         let before = self.batch.len();
@@ -367,10 +367,10 @@ fn transact_ops(
             // deliveries are kept durably: they carry the attempt count that
             // bounds the retries.
             if (0..ops.len()).all(|i| match ops.get(i) {
-                Op::Lease { .. } => true,
-                Op::Finish {
+                Some(Op::Lease { .. }) => true,
+                Some(Op::Finish {
                     next, follow_ups, ..
-                } => *next == Next::Done && follow_ups.is_empty(),
+                }) => *next == Next::Done && follow_ups.is_empty(),
                 _ => false,
             }) {
                 let _ = txn.set_durability(redb::Durability::None);
@@ -406,8 +406,8 @@ fn apply_all(
     let now = now_ms();
     let mut outs = Vec::with_capacity(ops.len());
     loop {
-        while outs.len() < ops.len() {
-            match apply(&mut t, ops.get(outs.len()), now, keys, fx) {
+        while let Some(op) = ops.get(outs.len()) {
+            match apply(&mut t, op, now, keys, fx) {
                 Ok(out) => outs.push(Ok(out)),
                 Err(e) if e.is_not_found() => outs.push(Err(e)),
                 Err(e) => return Err(e),
