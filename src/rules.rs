@@ -372,7 +372,7 @@ impl Bucket {
             self.glob
                 .iter()
                 .copied()
-                .filter(|&i| rules[i as usize].matches_type(kind)),
+                .filter(|&i| rules.get(i as usize).is_some_and(|r| r.matches_type(kind))),
         );
     }
 }
@@ -462,15 +462,19 @@ impl RuleSet {
     }
 
     pub fn source(&self, name: &str) -> Option<&Source> {
-        self.source_by_name.get(name).map(|&i| &self.sources[i])
+        self.source_by_name
+            .get(name)
+            .and_then(|&i| self.sources.get(i))
     }
 
     pub fn source_for_path(&self, path: &str) -> Option<&Source> {
-        self.source_by_path.get(path).map(|&i| &self.sources[i])
+        self.source_by_path
+            .get(path)
+            .and_then(|&i| self.sources.get(i))
     }
 
     pub fn rule(&self, name: &str) -> Option<&Rule> {
-        self.rule_by_name.get(name).map(|&i| &self.rules[i])
+        self.rule_by_name.get(name).and_then(|&i| self.rules.get(i))
     }
 
     /// The action `at` points to, if its rule and action still exist.
@@ -501,7 +505,7 @@ impl RuleSet {
     pub fn route(&self, event: &Event) -> Vec<&Rule> {
         self.candidates(&event.source, &event.kind)
             .into_iter()
-            .map(|i| &self.rules[i as usize])
+            .filter_map(|i| self.rules.get(i as usize))
             .filter(|r| r.condition.as_ref().is_none_or(|c| c.eval(&event.body)))
             .collect()
     }
