@@ -91,10 +91,7 @@ pub async fn send(
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
     let text = match tokio::time::timeout(timeout, resp.bytes()).await {
-        Ok(Ok(b)) => {
-            let cut = b.len().min(MAX_RESPONSE_KEPT);
-            String::from_utf8_lossy(&b[..cut]).into_owned()
-        }
+        Ok(Ok(b)) => String::from_utf8_lossy(b.get(..MAX_RESPONSE_KEPT).unwrap_or(&b)).into_owned(),
         _ => String::new(),
     };
     let code = Some(i32::from(status.as_u16()));
