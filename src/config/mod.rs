@@ -251,33 +251,33 @@ fn owner_by_text(text: &str, line: u32) -> Option<Owner> {
         t == "-" || t.starts_with("- ")
     };
     // The section: the last top-level line at or before `line`.
-    let section = (0..upto).rev().find(|&i| {
-        let l = lines[i];
-        !l.is_empty() && !l.starts_with([' ', '\t', '#']) && !is_item(l)
-    })?;
-    let make: fn(String) -> Owner = match lines[section].split(':').next()?.trim() {
+    let section = lines
+        .get(..upto)?
+        .iter()
+        .rposition(|l| !l.is_empty() && !l.starts_with([' ', '\t', '#']) && !is_item(l))?;
+    let (head, body) = lines.get(section..)?.split_first()?;
+    let make: fn(String) -> Owner = match head.split(':').next()?.trim() {
         "rules" => Owner::Rule,
         "sources" => Owner::Source,
         "tests" => Owner::Test,
         _ => return None,
     };
-    let item_indent = indent(lines[section + 1..].iter().find(|l| is_item(l))?);
+    let item_indent = indent(body.iter().find(|l| is_item(l))?);
     let is_own_item = |l: &&str| is_item(l) && indent(l) == item_indent;
-    let start = (section + 1..upto)
-        .rev()
-        .find(|&i| is_own_item(&lines[i]))?;
-    let after_dash = &lines[start][item_indent + 1..];
+    let start = lines
+        .get(section + 1..upto)?
+        .iter()
+        .rposition(is_own_item)?;
+    let (item, after) = body.get(start..)?.split_first()?;
+    let after_dash = item.get(item_indent + 1..)?;
     let field_indent = item_indent + 1 + after_dash.len() - after_dash.trim_start().len();
-    let end = (start + 1..lines.len())
-        .find(|&i| {
-            let l = lines[i];
-            is_own_item(&l) || (!l.is_empty() && !l.starts_with([' ', '\t', '#']))
-        })
-        .unwrap_or(lines.len());
     let name = std::iter::once(after_dash.trim_start())
         .chain(
-            lines[start + 1..end]
+            after
                 .iter()
+                .take_while(|l| {
+                    !(is_own_item(l) || (!l.is_empty() && !l.starts_with([' ', '\t', '#'])))
+                })
                 .filter(|l| indent(l) == field_indent)
                 .map(|l| l.trim_start()),
         )
