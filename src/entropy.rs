@@ -49,7 +49,9 @@ fn from_syscall(mut buf: &mut [u8]) -> std::io::Result<()> {
     while !buf.is_empty() {
         match getrandom(&mut *buf, GetRandomFlags::empty()) {
             Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            Ok(n) => buf = &mut buf[n..],
+            Ok(n) => {
+                buf = buf.get_mut(n..).ok_or(std::io::ErrorKind::InvalidData)?;
+            }
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }

@@ -173,7 +173,8 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
             if i == last {
                 out.push_str(c);
             } else {
-                let _ = write!(out, "{c:<w$}  ", w = widths[i]);
+                let w = widths.get(i).copied().unwrap_or_default();
+                let _ = write!(out, "{c:<w$}  ");
             }
         }
         out.push('\n');
@@ -367,8 +368,9 @@ fn deliveries_inner(
         ));
     }
     Ok(deliveries_table(
-        value["deliveries"]
-            .as_array()
+        value
+            .get("deliveries")
+            .and_then(Value::as_array)
             .map_or(&[][..], Vec::as_slice),
     ))
 }
@@ -409,7 +411,10 @@ fn replay_inner(
     if json {
         return Ok(format!("{value}\n"));
     }
-    let n = value["deliveries"].as_array().map_or(0, Vec::len);
+    let n = value
+        .get("deliveries")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     let when = match target {
         Target::Admin { .. } => "they run now",
         Target::Data(_) => "they run when the server next starts",
