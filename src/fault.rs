@@ -40,6 +40,8 @@ fn parse(value: Option<&str>) -> Fault {
 }
 
 /// Called by the store writer for each command it receives.
+// Panicking the writer thread is the fault this injects.
+#[allow(clippy::panic)]
 pub fn writer_received(is_commit: bool) {
     static COMMITS: AtomicU64 = AtomicU64::new(0);
     if let Fault::WriterPanicAfter(n) = fault()

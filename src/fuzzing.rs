@@ -23,6 +23,9 @@
 //! Input layouts are described on each function; the seed corpora in
 //! `fuzz/corpus/<target>/` follow them.
 
+// A panic is how a fuzz target reports a broken invariant to its driver.
+#![allow(clippy::panic)]
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::OnceLock;

@@ -39,6 +39,19 @@
 //! `dispatch::Claim`, so that an event arriving while workers are free skips
 //! a trip through the store's queue. `dispatch` imports nothing of `ingest`.
 
+// Nothing a sender, a rule file or a remote reply holds may panic the
+// process, so the lints that could hide a panic are errors outside tests.
+// Panics belong only in tests, the fuzz harnesses and `fault`.
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
+)]
+
 pub mod actions;
 pub mod admin;
 pub mod admin_guard;
