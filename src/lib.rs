@@ -16,16 +16,19 @@
 //! [`providers`] (admission: verify, handshakes, envelope; yields
 //! `Verified<Event>`) → [`ingest`] (route by [`rules`], plan deliveries) →
 //! [`store`] (one fsync'd transaction: dedup key, event, deliveries) →
-//! [`dispatch`] (lease, render, run, record, retry) → [`actions`] (http,
-//! shell, log).
+//! [`dispatch`] (lease, run, record, retry) → [`actions`] (render, then
+//! http, shell, log).
 //!
 //! Beside it: [`admin`] (health, metrics and the events API, behind
 //! [`admin_guard`]) shares [`http_util`] (accept loop, JSON replies) with
 //! `server`; [`ops`] holds the operations on stored deliveries (replay,
 //! listing) that `admin` and `cmd::inspect` both run; [`dryrun`] takes a
 //! request through the same admission and routing without running anything,
-//! for `cmd::test` and `cmd::check`. Leaves: [`event`], [`body`], [`clock`],
-//! [`metrics`], [`telemetry`]. `fuzzing` holds the fuzz harnesses.
+//! for `cmd::test` and `cmd::check`; [`supervisor`] ends `cmd::serve` when
+//! one of its long-running parts stops on its own. Leaves: [`event`],
+//! [`body`], [`clock`], [`entropy`], [`metrics`], [`telemetry`]. `fault`
+//! injects failures in debug builds, for tests; `fuzzing` holds the fuzz
+//! harnesses.
 //!
 //! # Dependencies
 //! Imports go one way: no module imports one that imports it back

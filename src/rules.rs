@@ -1,8 +1,9 @@
 //! The compiled, immutable rule set: the contract between loading and serving.
 //!
 //! Owns `RuleSet` and everything in it (rules, actions, retry policies, and
-//! the sources, whose type lives in `providers::source`) and the index that routes an event to the few rules that can
-//! match it by source and event type, before any condition is evaluated.
+//! the sources, whose type lives in `providers::source`) and the index that
+//! routes an event to the few rules that can match it by source and event
+//! type, before any condition is evaluated.
 //! Nothing here is deserialized: values only come from `config::compile`, so a
 //! `RuleSet` that exists is valid.
 

@@ -9,7 +9,7 @@
 //! process. Staying up would be worse: without its writer the server answers
 //! every webhook 503 while `/healthz` says it is alive.
 //!
-//! It does not own the shutdown order, which stays in `app`.
+//! It does not own the shutdown order, which stays in `cmd::serve`.
 
 use std::any::Any;
 use std::sync::{Arc, Mutex};

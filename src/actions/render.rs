@@ -1,9 +1,9 @@
 //! Turning an action and an event into exactly what will run.
 //!
 //! Owns the template context (`body`, `headers`, `query`, `event`, `rule`,
-//! `failure`) and the rendered forms of each action. The dispatcher runs
-//! what this produces; `hookrouter test` prints it. Keeping one renderer for
-//! both is what makes the dry run truthful.
+//! `failure`) and the rendered forms of each action. [`super::run`] runs
+//! what this produces for the dispatcher; `hookrouter test` prints it.
+//! Keeping one renderer for both is what makes the dry run truthful.
 
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ fn body_text<S: serde::Serializer>(body: &Option<Vec<u8>>, s: S) -> Result<S::Ok
     }
 }
 
-/// A process to start: argv[0] is the program, no shell involved.
+/// A process to start: `argv[0]` is the program, no shell involved.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Command {
     pub argv: Vec<String>,

@@ -4,15 +4,15 @@
 //! its deliveries or learn it is a duplicate, lease due deliveries, record an
 //! attempt's outcome, replay, prune) and the read side used for inspection and
 //! scheduling. The contract is deliberately narrow and speaks only in the
-//! plain types of [`types`], so another backend could implement it.
+//! plain types of `types`, so another backend could implement it.
 //!
 //! It does not own HTTP status mapping, retry policy (backoff is decided by
 //! the caller and handed in as [`Next`]), rule matching or action execution.
 //!
 //! Threading: every write goes through one dedicated writer thread that
 //! group-commits (see `writer`, with what each command does in `ops` and
-//! `prune`, and opening a file in `migrate`); the async write methods only enqueue and
-//! await the answer. Read methods are synchronous and block on disk I/O: call
+//! `prune`, and opening a file in `migrate`); the async write methods only
+//! enqueue and await the answer. Read methods are synchronous and block on disk I/O: call
 //! them from `spawn_blocking` (or use [`Store::read`]). redb read transactions
 //! are snapshots and run concurrently with the writer.
 
