@@ -23,7 +23,9 @@ use serde::Serialize;
 use crate::actions::render::{self, Rendered};
 use crate::event::Event;
 use crate::providers::{AdmitError, Handshake, Inbound, Source, Unverified, preview};
-use crate::rules::{Action, ActionKind, ActionType, HttpBody, OnBusy, Rule, RuleSet, RuleTest, SourceSel, When};
+use crate::rules::{
+    Action, ActionKind, ActionType, HttpBody, OnBusy, Rule, RuleSet, RuleTest, SourceSel, When,
+};
 use crate::template::{JsonTemplate, Template};
 
 /// Where a dry run says a shell action's `files` would be: the real
@@ -446,7 +448,10 @@ fn redact_rendered(set: &RuleSet, r: Rendered) -> Rendered {
             c.env = pairs(c.env);
             Rendered::Shell(c)
         }
-        Rendered::Cancel { rule, key } => Rendered::Cancel { rule, key: red(key) },
+        Rendered::Cancel { rule, key } => Rendered::Cancel {
+            rule,
+            key: red(key),
+        },
     }
 }
 
