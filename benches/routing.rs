@@ -42,10 +42,14 @@ fn routing(c: &mut Criterion) {
         let loaded = config::load(&[dir.path().to_path_buf()]).unwrap_or_else(|d| panic!("{d}"));
         let rules = loaded.rules;
         assert_eq!(rules.rules.len(), n);
-        let matched = rules.route(&event);
+        let shared = std::sync::Arc::new(event.clone());
+        let when_ctx = |rule: &hookrouter::rules::Rule| {
+            hookrouter::actions::render::context(&shared, &rule.name, None)
+        };
+        let matched = rules.route(&event, when_ctx);
         assert!(!matched.is_empty(), "{n}: the event matches no rule");
         group.bench_with_input(BenchmarkId::from_parameter(n), &rules, |b, rules| {
-            b.iter(|| rules.route(black_box(&event)).len());
+            b.iter(|| rules.route(black_box(&event), when_ctx).len());
         });
     }
     group.finish();

@@ -11,6 +11,10 @@
 //! one is reported instead of ending the run. Actions are rendered with the
 //! server's code too; nothing is stored, sent or executed. Secrets are
 //! redacted from everything shown.
+//!
+//! What depends on a run is not invented: a `then:` action that reads
+//! `result`, or a `when:` that does, is reported as decided after the run,
+//! and a shell action's `files` are shown at a placeholder directory.
 
 use std::time::SystemTime;
 
@@ -19,7 +23,14 @@ use serde::Serialize;
 use crate::actions::render::{self, Rendered};
 use crate::event::Event;
 use crate::providers::{AdmitError, Handshake, Inbound, Source, Unverified, preview};
-use crate::rules::{Action, RuleSet, RuleTest};
+use crate::rules::{
+    Action, ActionKind, ActionType, HttpBody, OnBusy, Rule, RuleSet, RuleTest, SourceSel, When,
+};
+use crate::template::{JsonTemplate, Template};
+
+/// Where a dry run says a shell action's `files` would be: the real
+/// directory is made fresh for each attempt.
+pub const FILES_DIR: &str = "<attempt dir>";
 
 /// The request to try.
 #[derive(Debug, Clone)]
@@ -98,12 +109,45 @@ pub struct RuleReport {
     /// Why the rule did not match.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The rule's `when:`, when it has one and its other conditions hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<WhenReport>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<ActionReport>,
 }
 
+/// The verdict of a `when:` template.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum WhenReport {
+    /// It rendered `true`.
+    True,
+    /// It rendered something else.
+    False { rendered: String },
+    /// It failed to render, which counts as false.
+    Error { error: String },
+    /// It reads `result`, which exists only once the parent action ran.
+    AfterRun,
+}
+
+impl WhenReport {
+    fn new(set: &RuleSet, when: When) -> WhenReport {
+        match when {
+            When::Holds => WhenReport::True,
+            When::Rendered(text) => WhenReport::False {
+                rendered: set.redact(&text),
+            },
+            When::Failed(why) => WhenReport::Error {
+                error: set.redact(&why),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ActionReport {
+    #[serde(rename = "type")]
+    pub kind: ActionType,
     pub origin: String,
     pub retry_attempts: u32,
     pub timeout_ms: u64,
@@ -113,6 +157,42 @@ pub struct ActionReport {
     /// Why it would fail, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A `then:` action that reads `result`: rendered only once its parent
+    /// succeeded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub after_run: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<WhenReport>,
+    /// A shell action's standard input, rendered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// The names of a shell action's `files`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_within_ms: Option<u64>,
+    /// Run after this action succeeds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<ActionReport>,
+}
+
+/// The group an action's delivery would join.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupReport {
+    /// The rendered key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Why there is no key: the delivery would be dead at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The key reads `result`: rendered once the parent action succeeded.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub after_run: bool,
+    pub limit: u32,
+    pub on_busy: &'static str,
+    pub kill_grace_ms: u64,
 }
 
 /// Errors that stop a dry run before routing.
@@ -162,24 +242,31 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
             });
         }
     };
+    let when_ctx = |rule: &Rule| render::context(&event, &rule.name, None);
     let rules = set
-        .explain(&event)
+        .explain(&event, when_ctx)
         .into_iter()
         .map(|(rule, verdict)| {
+            let ctx = render::context(&event, &rule.name, None);
             let actions = if verdict.is_ok() {
-                let ctx = render::context(&event, &rule.name, None);
                 rule.actions
                     .iter()
-                    .map(|a| action_report(set, a, &ctx))
+                    .map(|a| action_report(set, a, &ctx, false))
                     .collect()
             } else {
                 Vec::new()
             };
+            let when = rule
+                .when
+                .as_ref()
+                .filter(|_| reaches_when(rule, &event))
+                .map(|w| WhenReport::new(set, set.when(w, &ctx)));
             RuleReport {
                 name: rule.name.clone(),
                 origin: rule.origin.to_string(),
                 matched: verdict.is_ok(),
-                reason: verdict.err(),
+                reason: verdict.err().map(|r| set.redact(&r)),
+                when,
                 actions,
             }
         })
@@ -191,18 +278,156 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
     })
 }
 
-fn action_report(set: &RuleSet, action: &Action, ctx: &minijinja::Value) -> ActionReport {
-    let (action_out, error) = match render::render(set, action, ctx) {
-        Ok(r) => (Some(redact_rendered(set, r)), None),
-        Err(e) => (None, Some(set.redact(&e.to_string()))),
+/// Whether a rule's source, event type and `match:` hold, so that its
+/// `when:` is what decides.
+fn reaches_when(rule: &Rule, event: &Event) -> bool {
+    let source = match &rule.sources {
+        SourceSel::Any => true,
+        SourceSel::Named(n) => n.iter().any(|s| s == &event.source),
+    };
+    source
+        && rule.matches_type(&event.kind)
+        && rule.condition.as_ref().is_none_or(|c| c.eval(&event.body))
+}
+
+/// `then` says whether `action` is in a `then:` list, where `result` will be
+/// in the context.
+fn action_report(
+    set: &RuleSet,
+    action: &Action,
+    ctx: &minijinja::Value,
+    then: bool,
+) -> ActionReport {
+    let uses_result = |t: &Template| then && set.templates.uses(t, "result");
+    let after_run = then && kind_templates(action).into_iter().any(uses_result);
+    // Shell templates see `files`: the real paths exist only during an
+    // attempt, so the placeholder directory stands in for them.
+    let ctx = match &action.kind {
+        ActionKind::Shell(s) if !s.files.is_empty() => {
+            let files: std::collections::BTreeMap<&str, String> = s
+                .files
+                .iter()
+                .map(|(name, _)| (name.as_str(), format!("{FILES_DIR}/{name}")))
+                .collect();
+            minijinja::context! { files => files, ..ctx.clone() }
+        }
+        _ => ctx.clone(),
+    };
+    let (mut action_out, mut error) = (None, None);
+    let mut stdin = None;
+    if !after_run {
+        match render::render(set, action, &ctx) {
+            Ok(r) => action_out = Some(redact_rendered(set, r)),
+            Err(e) => error = Some(set.redact(&e.to_string())),
+        }
+        if let ActionKind::Shell(s) = &action.kind
+            && let Some(t) = &s.stdin
+            && error.is_none()
+        {
+            match set.templates.render(t, &ctx) {
+                Ok(text) => stdin = Some(set.redact(&text)),
+                Err(e) => error = Some(set.redact(&format!("stdin: {e}"))),
+            }
+        }
+    }
+    let when = action.when.as_ref().map(|w| {
+        if uses_result(w) {
+            WhenReport::AfterRun
+        } else {
+            WhenReport::new(set, set.when(w, &ctx))
+        }
+    });
+    let group = action.group.as_ref().map(|g| {
+        let (key, error, after_run) = if uses_result(&g.key) {
+            (None, None, true)
+        } else {
+            match set.templates.render(&g.key, &ctx) {
+                Ok(k) if k.is_empty() => (None, Some("group key rendered empty".to_owned()), false),
+                Ok(k) => (Some(set.redact(&k)), None, false),
+                Err(e) => (None, Some(set.redact(&e.to_string())), false),
+            }
+        };
+        GroupReport {
+            key,
+            error,
+            after_run,
+            limit: g.limit,
+            on_busy: on_busy_word(g.on_busy),
+            kill_grace_ms: millis(action.kill_grace),
+        }
+    });
+    let files = match &action.kind {
+        ActionKind::Shell(s) => s.files.iter().map(|(n, _)| n.clone()).collect(),
+        _ => Vec::new(),
     };
     ActionReport {
+        kind: action.kind.action_type(),
         origin: action.origin.to_string(),
         retry_attempts: action.retry.attempts,
-        timeout_ms: u64::try_from(action.timeout.as_millis()).unwrap_or(u64::MAX),
+        timeout_ms: millis(action.timeout),
         action: action_out,
         error,
+        after_run,
+        when,
+        stdin,
+        files,
+        group,
+        start_within_ms: action.start_within.map(millis),
+        // A child's context is its parent's plus `result`, which a dry run
+        // does not have.
+        then: action
+            .then
+            .iter()
+            .map(|child| action_report(set, child, &ctx, true))
+            .collect(),
     }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn on_busy_word(o: OnBusy) -> &'static str {
+    match o {
+        OnBusy::Queue => "queue",
+        OnBusy::Replace => "replace",
+        OnBusy::Cancel => "cancel",
+        OnBusy::Skip => "skip",
+    }
+}
+
+/// Every template that renders the action itself (not its `when`, group
+/// key or children).
+fn kind_templates(action: &Action) -> Vec<&Template> {
+    fn json<'a>(j: &'a JsonTemplate, out: &mut Vec<&'a Template>) {
+        match j {
+            JsonTemplate::Static(_) => {}
+            JsonTemplate::Leaf(t) | JsonTemplate::Whole(t) => out.push(t),
+            JsonTemplate::Array(items) => items.iter().for_each(|i| json(i, out)),
+            JsonTemplate::Object(entries) => entries.iter().for_each(|(_, v)| json(v, out)),
+        }
+    }
+    let mut out = Vec::new();
+    match &action.kind {
+        ActionKind::Log(t) => out.push(t),
+        ActionKind::Http(h) => {
+            out.push(&h.url);
+            out.extend(h.headers.iter().map(|(_, t)| t));
+            match &h.body {
+                Some(HttpBody::Json(j)) => json(j, &mut out),
+                Some(HttpBody::Raw(t)) => out.push(t),
+                None => {}
+            }
+        }
+        ActionKind::Shell(s) => {
+            out.extend(&s.argv);
+            out.extend(s.env.iter().map(|(_, t)| t));
+            out.extend(&s.stdin);
+            out.extend(s.files.iter().map(|(_, t)| t));
+        }
+        ActionKind::Cancel(c) => out.push(&c.key),
+    }
+    out
 }
 
 fn redact_rendered(set: &RuleSet, r: Rendered) -> Rendered {

@@ -219,9 +219,15 @@ fn exercise_rule_set(set: &RuleSet) {
 }
 
 fn route_agrees_with_explain(set: &RuleSet, event: &Event) {
-    let routed: Vec<&str> = set.route(event).iter().map(|r| r.name.as_str()).collect();
+    let shared = std::sync::Arc::new(event.clone());
+    let when_ctx = |rule: &crate::rules::Rule| render::context(&shared, &rule.name, None);
+    let routed: Vec<&str> = set
+        .route(event, when_ctx)
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     let explained: Vec<&str> = set
-        .explain(event)
+        .explain(event, when_ctx)
         .into_iter()
         .filter(|(_, verdict)| verdict.is_ok())
         .map(|(r, _)| r.name.as_str())

@@ -54,12 +54,17 @@ pub fn plan(
 ) -> (Vec<NewDelivery>, Vec<String>) {
     let mut deliveries = Vec::new();
     let mut matched = Vec::new();
-    // Templates take a shared event; made once, and only for `dedup:`.
+    // Templates take a shared event; made once, and only for `when:` and
+    // `dedup:`.
     let mut shared: Option<Arc<Event>> = None;
-    let rules = set.route(event);
+    let mut when_ctx = |rule: &crate::rules::Rule| {
+        let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
+        render::context(shared, &rule.name, None)
+    };
+    let rules = set.route(event, &mut when_ctx);
     if rules.is_empty() {
         tracing::debug!(event_id = %event.id, source = %event.source, "Event matched no rule.");
-        for (rule, verdict) in set.explain(event) {
+        for (rule, verdict) in set.explain(event, &mut when_ctx) {
             if let Err(why) = verdict {
                 tracing::debug!(event_id = %event.id, rule = %rule.name, reason = %set.redact(&why), "Rule did not match.");
             }

@@ -403,6 +403,37 @@ impl Index {
     }
 }
 
+/// What a `when:` template made of one context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum When {
+    /// It rendered `true`.
+    Holds,
+    /// It rendered something else.
+    Rendered(String),
+    /// It failed to render, which counts as not holding.
+    Failed(String),
+}
+
+impl When {
+    /// Longest rendered value an explanation quotes.
+    const QUOTED: usize = 120;
+
+    /// `Ok` when it holds; otherwise why not, quoting what it rendered.
+    pub fn explain(&self) -> Result<(), String> {
+        match self {
+            When::Holds => Ok(()),
+            When::Rendered(text) => {
+                let mut shown: String = text.chars().take(Self::QUOTED).collect();
+                if shown.len() < text.len() {
+                    shown.push('…');
+                }
+                Err(format!("`when` rendered {shown:?}, not `true`"))
+            }
+            When::Failed(why) => Err(format!("`when` did not render: {why}")),
+        }
+    }
+}
+
 /// Shortest substituted value or secret that `RuleSet::redact` replaces.
 pub const MIN_REDACTED: usize = 4;
 
@@ -487,6 +518,16 @@ impl RuleSet {
         Some(action)
     }
 
+    /// Whether `when` holds in `ctx`: it must render `true`, trimmed, in any
+    /// case.
+    pub fn when(&self, when: &Template, ctx: &minijinja::Value) -> When {
+        match self.templates.render(when, ctx) {
+            Ok(text) if text.trim().eq_ignore_ascii_case("true") => When::Holds,
+            Ok(text) => When::Rendered(text),
+            Err(e) => When::Failed(e.to_string()),
+        }
+    }
+
     /// Rules whose source and event type fit, in declaration order, before
     /// conditions are evaluated.
     pub fn candidates(&self, source: &str, kind: &str) -> Vec<u32> {
@@ -503,16 +544,34 @@ impl RuleSet {
     }
 
     /// The rules an event matches, in declaration order.
-    pub fn route(&self, event: &Event) -> Vec<&Rule> {
+    ///
+    /// `ctx` gives the template context of a rule's `when:`; it is called
+    /// only for rules that have one and whose other conditions hold, so
+    /// routing without `when:` renders nothing.
+    pub fn route(
+        &self,
+        event: &Event,
+        mut ctx: impl FnMut(&Rule) -> minijinja::Value,
+    ) -> Vec<&Rule> {
         self.candidates(&event.source, &event.kind)
             .into_iter()
             .filter_map(|i| self.rules.get(i as usize))
             .filter(|r| r.condition.as_ref().is_none_or(|c| c.eval(&event.body)))
+            .filter(|r| {
+                r.when
+                    .as_ref()
+                    .is_none_or(|w| matches!(self.when(w, &ctx(r)), When::Holds))
+            })
             .collect()
     }
 
-    /// For every rule, whether it matches and, if not, why not.
-    pub fn explain(&self, event: &Event) -> Vec<(&Rule, Result<(), String>)> {
+    /// For every rule, whether it matches and, if not, why not. `ctx` is as
+    /// for [`RuleSet::route`].
+    pub fn explain(
+        &self,
+        event: &Event,
+        mut ctx: impl FnMut(&Rule) -> minijinja::Value,
+    ) -> Vec<(&Rule, Result<(), String>)> {
         self.rules
             .iter()
             .map(|rule| {
@@ -533,6 +592,10 @@ impl RuleSet {
                     rule.condition
                         .as_ref()
                         .map_or(Ok(()), |c| c.explain(&event.body))
+                        .and_then(|()| match &rule.when {
+                            Some(w) => self.when(w, &ctx(rule)).explain(),
+                            None => Ok(()),
+                        })
                 };
                 (rule, verdict)
             })

@@ -138,6 +138,19 @@ impl Templates {
         }
     }
 
+    /// Whether `t` reads the top-level variable `name` (such as `result`,
+    /// which only some contexts have). A parse of the stored source, so for
+    /// reports, not for every render.
+    pub fn uses(&self, t: &Template, name: &str) -> bool {
+        match t {
+            Template::Literal(_) => false,
+            Template::Text(id) | Template::Typed(id) => self
+                .env
+                .get_template(id)
+                .is_ok_and(|tpl| tpl.undeclared_variables(false).contains(name)),
+        }
+    }
+
     /// Render to a string.
     ///
     /// # Errors
@@ -334,6 +347,23 @@ mod tests {
         assert_eq!(t.render_json(&jt, &ctx()).unwrap()["amount"], 1200);
         let jt = JsonTemplate::Whole(t.compile_typed("not {{ body.repo }}").unwrap());
         assert!(t.render_json(&jt, &ctx()).is_err());
+    }
+
+    #[test]
+    fn uses_names_the_variables_a_template_reads() {
+        let mut t = Templates::new();
+        let tpl = t.compile("{{ result.json.x }} {{ body.a }}").unwrap();
+        assert!(t.uses(&tpl, "result"));
+        assert!(t.uses(&tpl, "body"));
+        assert!(!t.uses(&tpl, "files"));
+        let tpl = t.compile_typed("{{ result is defined }}").unwrap();
+        assert!(t.uses(&tpl, "result"));
+        let tpl = t
+            .compile("{% set result = 1 %}{{ result }} {{ files['a'] }}")
+            .unwrap();
+        assert!(!t.uses(&tpl, "result"), "a variable set inside is not read");
+        assert!(t.uses(&tpl, "files"));
+        assert!(!t.uses(&Template::Literal("{{ result }}".into()), "result"));
     }
 
     #[test]

@@ -8,11 +8,12 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use super::{OutputFormat, print_diagnostics, read_body, require_rules, usage_error};
 use crate::actions::render::Rendered;
 use crate::config;
-use crate::dryrun::{self, Admitted, Report};
+use crate::dryrun::{self, ActionReport, Admitted, Report, WhenReport};
 
 /// The request to try, as given on the command line.
 #[derive(Debug, Clone)]
@@ -98,6 +99,111 @@ pub fn run(args: &Options) -> ExitCode {
     }
 }
 
+/// One action at `depth` (1 for a rule's own), numbered `number` (`2.1` is
+/// the first `then:` action of action 2), and its `then:` actions below it.
+fn render_action(out: &mut String, a: &ActionReport, number: &str, depth: usize) {
+    let pad = "  ".repeat(depth);
+    let _ = write!(out, "{pad}action {number}: ");
+    match (&a.action, &a.error) {
+        (_, Some(why)) => {
+            let _ = writeln!(out, "would FAIL: {why}");
+        }
+        (None, None) if a.after_run => {
+            let _ = writeln!(out, "{}, rendered after the run (reads `result`)", a.kind);
+        }
+        (None, None) => out.push('\n'),
+        (Some(Rendered::Log { line }), None) => {
+            let _ = writeln!(out, "log {line}");
+        }
+        (Some(Rendered::Http(h)), None) => {
+            let _ = writeln!(out, "http {} {}", h.method, h.url);
+            for (k, v) in &h.headers {
+                let _ = writeln!(out, "{pad}  {k}: {v}");
+            }
+            if h.signed {
+                let _ = writeln!(
+                    out,
+                    "{pad}  webhook-id, webhook-timestamp, webhook-signature: added when sent"
+                );
+            }
+            if let Some(b) = &h.body {
+                let _ = writeln!(out, "{pad}  body: {}", String::from_utf8_lossy(b));
+            }
+        }
+        (Some(Rendered::Shell(c)), None) => {
+            let argv = serde_json::to_string(&c.argv).unwrap_or_default();
+            let _ = writeln!(out, "shell argv={argv}");
+            for (k, v) in &c.env {
+                let _ = writeln!(out, "{pad}  env {k}={v}");
+            }
+            if let Some(w) = &c.workdir {
+                let _ = writeln!(out, "{pad}  workdir {w}");
+            }
+        }
+        (Some(Rendered::Cancel { rule, key }), None) => {
+            let _ = writeln!(out, "cancel rule={rule} key={key:?}");
+        }
+    }
+    if let Some(w) = &a.when {
+        let _ = writeln!(out, "{pad}  when: {}", when_text(w));
+    }
+    if let Some(stdin) = &a.stdin {
+        let _ = writeln!(out, "{pad}  stdin: {stdin:?}");
+    }
+    if !a.files.is_empty() {
+        let _ = writeln!(
+            out,
+            "{pad}  files (in {}): {}",
+            dryrun::FILES_DIR,
+            a.files.join(", ")
+        );
+    }
+    if let Some(g) = &a.group {
+        let key = match (&g.key, &g.error) {
+            (Some(k), _) => format!("{k:?}"),
+            (None, Some(why)) => format!("would FAIL: {why}"),
+            (None, None) => "decided after the run (reads `result`)".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "{pad}  group key {key} (limit {}, on_busy {}, kill_grace {})",
+            g.limit,
+            g.on_busy,
+            humantime::format_duration(Duration::from_millis(g.kill_grace_ms))
+        );
+    }
+    if let Some(ms) = a.start_within_ms {
+        let _ = writeln!(
+            out,
+            "{pad}  start_within {}",
+            humantime::format_duration(Duration::from_millis(ms))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{pad}  (attempts: {}, timeout: {})",
+        a.retry_attempts,
+        humantime::format_duration(Duration::from_millis(a.timeout_ms))
+    );
+    if !a.then.is_empty() {
+        let _ = writeln!(out, "{pad}  after success:");
+        for (i, child) in a.then.iter().enumerate() {
+            render_action(out, child, &format!("{number}.{}", i + 1), depth + 2);
+        }
+    }
+}
+
+fn when_text(w: &WhenReport) -> String {
+    match w {
+        WhenReport::True => "true".to_owned(),
+        WhenReport::False { rendered } => {
+            format!("rendered {rendered:?}, not `true`: it would be skipped")
+        }
+        WhenReport::Error { error } => format!("would FAIL: {error}"),
+        WhenReport::AfterRun => "decided after the run (reads `result`)".to_owned(),
+    }
+}
+
 /// The human rendering of a report.
 fn render_text(report: &Report) -> String {
     let mut out = String::new();
@@ -135,50 +241,11 @@ fn render_text(report: &Report) -> String {
     let _ = writeln!(out, "{matched} of {} rules match\n", report.rules.len());
     for r in report.rules.iter().filter(|r| r.matched) {
         let _ = writeln!(out, "MATCH {} ({})", r.name, r.origin);
+        if let Some(w) = &r.when {
+            let _ = writeln!(out, "  when: {}", when_text(w));
+        }
         for (i, a) in r.actions.iter().enumerate() {
-            let _ = write!(out, "  action {}: ", i + 1);
-            match (&a.action, &a.error) {
-                (_, Some(why)) => {
-                    let _ = writeln!(out, "would FAIL: {why}");
-                }
-                (None, None) => {}
-                (Some(Rendered::Log { line }), None) => {
-                    let _ = writeln!(out, "log {line}");
-                }
-                (Some(Rendered::Http(h)), None) => {
-                    let _ = writeln!(out, "http {} {}", h.method, h.url);
-                    for (k, v) in &h.headers {
-                        let _ = writeln!(out, "    {k}: {v}");
-                    }
-                    if h.signed {
-                        out.push_str(
-                            "    webhook-id, webhook-timestamp, webhook-signature: added when sent\n",
-                        );
-                    }
-                    if let Some(b) = &h.body {
-                        let _ = writeln!(out, "    body: {}", String::from_utf8_lossy(b));
-                    }
-                }
-                (Some(Rendered::Shell(c)), None) => {
-                    let argv = serde_json::to_string(&c.argv).unwrap_or_default();
-                    let _ = writeln!(out, "shell argv={argv}");
-                    for (k, v) in &c.env {
-                        let _ = writeln!(out, "    env {k}={v}");
-                    }
-                    if let Some(w) = &c.workdir {
-                        let _ = writeln!(out, "    workdir {w}");
-                    }
-                }
-                (Some(Rendered::Cancel { rule, key }), None) => {
-                    let _ = writeln!(out, "cancel rule={rule} key={key:?}");
-                }
-            }
-            let _ = writeln!(
-                out,
-                "    (attempts: {}, timeout: {})",
-                a.retry_attempts,
-                humantime::format_duration(std::time::Duration::from_millis(a.timeout_ms))
-            );
+            render_action(&mut out, a, &(i + 1).to_string(), 1);
         }
     }
     for r in report.rules.iter().filter(|r| !r.matched) {

@@ -115,15 +115,25 @@ pub struct RuleConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub dedup: Option<Spanned<String>>,
+    /// One more condition after `match:`: a template that must render `true`
+    /// (trimmed, any case). Sees `body`, `headers`, `query`, `event`, `rule`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub when: Option<Spanned<String>>,
     #[schemars(with = "Vec<ActionConfig>")]
     pub actions: Vec<Spanned<ActionConfig>>,
     /// Actions run once when one of this rule's deliveries goes dead.
     #[serde(default)]
     #[schemars(with = "Vec<ActionConfig>")]
     pub on_failure: Vec<Spanned<ActionConfig>>,
+    /// Actions run once per cancelled event of this rule, with
+    /// `cancel.reason`.
+    #[serde(default)]
+    #[schemars(with = "Vec<ActionConfig>")]
+    pub on_cancel: Vec<Spanned<ActionConfig>>,
 }
 
-/// One action: exactly one of `log`, `http`, `shell`, plus options.
+/// One action: exactly one of `log`, `http`, `shell`, `cancel`, plus options.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ActionConfig {
@@ -138,6 +148,30 @@ pub struct ActionConfig {
     #[serde(default)]
     #[schemars(with = "Option<Vec<String>>")]
     pub shell: Option<Node>,
+    /// Cancel the pending and running deliveries of a rule whose group key
+    /// equals `key`.
+    #[serde(default)]
+    pub cancel: Option<CancelConfig>,
+    /// A template that must render `true` (trimmed, any case) just before
+    /// an attempt; otherwise the delivery is recorded `skipped`. In `then:`
+    /// actions it sees `result`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub when: Option<Spanned<String>>,
+    /// Deliveries of this action with the same rendered `key` form a group
+    /// of which at most `limit` run at once.
+    #[serde(default)]
+    pub group: Option<GroupConfig>,
+    /// Actions run once after this one succeeds, with `result` (`status`,
+    /// `stdout`, `stderr`, `body`, `json`); they nest at most 8 deep.
+    #[serde(default)]
+    #[schemars(with = "Vec<ActionConfig>")]
+    pub then: Vec<Spanned<ActionConfig>>,
+    /// A delivery not started this long after its event was accepted, e.g.
+    /// `15m`, is `expired` and the rule's `on_failure` runs.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub start_within: Option<Spanned<String>>,
     /// Retry policy; http retries by default, shell and log do not.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
@@ -162,6 +196,65 @@ pub struct ActionConfig {
     #[serde(default)]
     #[schemars(with = "Option<u64>")]
     pub max_output: Option<Spanned<u64>>,
+    /// shell: a template written to the child's standard input, which is
+    /// then closed.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub stdin: Option<Spanned<String>>,
+    /// shell: file name → content template, written to a fresh private
+    /// directory for each attempt; `{{ files['name'] }}` is the file's path.
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub files: Option<Node>,
+}
+
+/// `cancel:` as an action.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelConfig {
+    /// The rule whose deliveries are cancelled.
+    #[schemars(with = "String")]
+    pub rule: Spanned<String>,
+    /// Template for the group key to cancel.
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+}
+
+/// `group:` on an action.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Template; deliveries whose rendered keys are equal form a group.
+    #[schemars(with = "String")]
+    pub key: Spanned<String>,
+    /// At most this many members run at once; default 1.
+    #[serde(default)]
+    #[schemars(with = "Option<u32>", range(min = 1))]
+    pub limit: Option<Spanned<u32>>,
+    /// When the group is full: `queue` (default) waits in order of arrival,
+    /// `replace` supersedes the waiting ones, `cancel` cancels the running
+    /// ones, `skip` records the new one `skipped`.
+    #[serde(default)]
+    #[schemars(schema_with = "on_busy_schema")]
+    pub on_busy: Option<Spanned<String>>,
+    /// From SIGTERM to SIGKILL when a shell run is cancelled or times out,
+    /// e.g. `30s`; default 10s.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub kill_grace: Option<Spanned<String>>,
+}
+
+/// The words `on_busy` accepts, in the order messages list them.
+pub const ON_BUSY: &[&str] = &["queue", "replace", "cancel", "skip"];
+
+/// The `on_busy` words, so editors can complete them; absent means `queue`.
+fn on_busy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut words: Vec<serde_json::Value> = ON_BUSY.iter().map(|w| (*w).into()).collect();
+    words.push(serde_json::Value::Null);
+    schemars::json_schema!({
+        "type": ["string", "null"],
+        "enum": words,
+    })
 }
 
 /// An HTTP request action.

@@ -176,7 +176,7 @@ fn unknown_field_in_a_rule() {
         "tests/fixtures/invalid/unknown_field_rule.yaml",
         &[
             "tests/fixtures/invalid/unknown_field_rule.yaml:9:5: rule \"typo\": unknown field `evnt`, \
-           expected one of name, source, event, match, dedup, actions, on_failure",
+           expected one of name, source, event, match, dedup, when, actions, on_failure, on_cancel",
         ],
     );
 }
@@ -187,8 +187,8 @@ fn unknown_field_in_an_action() {
         "tests/fixtures/invalid/unknown_field_action.yaml",
         &[
             "tests/fixtures/invalid/unknown_field_action.yaml:12:9: rule \"retrying\": unknown field \
-           `retries`, expected one of log, http, shell, retry, timeout, concurrency, env, workdir, \
-           max_output",
+           `retries`, expected one of log, http, shell, cancel, when, group, then, start_within, \
+           retry, timeout, concurrency, env, workdir, max_output, stdin, files",
         ],
     );
 }
@@ -381,9 +381,94 @@ fn action_with_two_kinds() {
         "tests/fixtures/invalid/two_kinds.yaml",
         &[
             "tests/fixtures/invalid/two_kinds.yaml:10:9: rule \"deploy\": an action has exactly one \
-           of `log`, `http` or `shell`; write separate actions",
+           of `log`, `http`, `shell` or `cancel`; write separate actions",
         ],
     );
+}
+
+// ---- agent controls ----
+
+#[test]
+fn every_agent_control_checks_clean() {
+    let out = check("tests/fixtures/valid/agent.yaml");
+    assert_eq!(stderr(&out), "", "no errors or warnings");
+    assert_eq!(
+        stdout(&out),
+        "1 file, 1 source, 2 rules, 0 tests: 0 passed, 0 failed\n"
+    );
+    assert_eq!(code(&out), 0);
+}
+
+#[test]
+fn unknown_on_busy_lists_the_allowed_values() {
+    assert_errors(
+        "tests/fixtures/invalid/unknown_on_busy.yaml",
+        &[
+            "tests/fixtures/invalid/unknown_on_busy.yaml:11:53: rule \"review\": unknown `on_busy` \
+           \"cancel-in-progress\" (expected one of: queue, replace, cancel, skip)",
+        ],
+    );
+}
+
+#[test]
+fn bad_kill_grace_and_start_within_point_at_the_value() {
+    assert_errors(
+        "tests/fixtures/invalid/agent_durations.yaml",
+        &[
+            r#"tests/fixtures/invalid/agent_durations.yaml:13:23: rule "review": invalid duration "soon": expected number at 0 (write e.g. 30s, 5m, 1h)"#,
+            r#"tests/fixtures/invalid/agent_durations.yaml:14:23: rule "review": invalid duration "15 mins or so": expected number at 8 (write e.g. 30s, 5m, 1h)"#,
+            r#"tests/fixtures/invalid/agent_durations.yaml:16:23: rule "review": `start_within` must be longer than zero"#,
+        ],
+    );
+}
+
+#[test]
+fn then_nested_deeper_than_eight_points_at_the_ninth() {
+    assert_errors(
+        "tests/fixtures/invalid/then_too_deep.yaml",
+        &[
+            r#"tests/fixtures/invalid/then_too_deep.yaml:28:45: rule "deep": `then:` nests at most 8 deep; this action is 9 deep"#,
+        ],
+    );
+}
+
+#[test]
+fn cancel_finds_rules_of_later_files_and_names_unknown_ones() {
+    assert_errors(
+        "tests/fixtures/invalid/cancel_rules",
+        &[
+            r#"tests/fixtures/invalid/cancel_rules/a.yaml:13:25: rule "stop-review": `cancel` names unknown rule "reviews" (defined: review, stop-review)"#,
+            r#"tests/fixtures/invalid/cancel_rules/b.yaml:8:25: rule "review": `cancel` names unknown rule "nowhere" (defined: review, stop-review)"#,
+        ],
+    );
+}
+
+#[test]
+fn shell_only_fields_file_names_and_group_limit() {
+    assert_errors(
+        "tests/fixtures/invalid/shell_only_fields.yaml",
+        &[
+            r#"tests/fixtures/invalid/shell_only_fields.yaml:11:16: rule "notify": `stdin` applies only to `shell` actions"#,
+            r#"tests/fixtures/invalid/shell_only_fields.yaml:12:16: rule "notify": `files` applies only to `shell` actions"#,
+            r#"tests/fixtures/invalid/shell_only_fields.yaml:15:11: rule "notify": file name "../escape" must be a plain file name, without `/`"#,
+            r#"tests/fixtures/invalid/shell_only_fields.yaml:16:11: rule "notify": file name "dir/name" must be a plain file name, without `/`"#,
+            r#"tests/fixtures/invalid/shell_only_fields.yaml:17:11: rule "notify": file name "" is empty"#,
+            r#"tests/fixtures/invalid/shell_only_fields.yaml:18:11: rule "notify": file name ".." must be a plain file name, not `.` or `..`"#,
+            r#"tests/fixtures/invalid/shell_only_fields.yaml:20:51: rule "notify": `limit` must be at least 1"#,
+        ],
+    );
+}
+
+#[test]
+fn cancelling_a_rule_without_groups_warns() {
+    let out = check("tests/fixtures/valid/cancel_ungrouped.yaml");
+    assert_eq!(
+        stderr(&out),
+        "warning: tests/fixtures/valid/cancel_ungrouped.yaml:16:25: rule \"stop-build\": `cancel` \
+         names rule \"build\", which has no action with `group:`, so it never finds a delivery to \
+         cancel\n"
+    );
+    assert_eq!(code(&out), 0);
 }
 
 #[test]

@@ -547,3 +547,188 @@ fn a_handshake_is_shown_as_the_answer_not_routed() {
     assert!(v.get("event").is_none(), "{v}");
     assert_eq!(v["rules"], json!([]));
 }
+
+// ---- agent controls ----
+
+const AGENT_RULES: &str = "tests/fixtures/valid/agent.yaml";
+
+/// `hookrouter test` on the agent fixture with a `pull_request` event whose
+/// action is `action`, `body` on stdin and TOKEN set.
+fn agent_run(action: &str, body: &Value, json: bool) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "test",
+        "--rules",
+        AGENT_RULES,
+        "--source",
+        "gh",
+        "--body",
+        "-",
+    ])
+    .args(["-H", "X-GitHub-Event: pull_request", "-H"])
+    .arg(format!("X-GitHub-Delivery: d-{action}"))
+    .args(if json { &["--format", "json"][..] } else { &[] })
+    .current_dir(root())
+    .env_remove("HOOKROUTER_RULES")
+    .env_remove("HOOKROUTER_FIXTURE_SECRET")
+    .env_remove("RUST_LOG")
+    .env("TOKEN", TOKEN)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start hookrouter test");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(&serde_json::to_vec(body).unwrap()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn pull_request(action: &str, number: u64, draft: bool) -> Value {
+    json!({
+        "action": action,
+        "number": number,
+        "pull_request": {"draft": draft, "html_url": format!("https://github.test/acme/api/pull/{number}")},
+        "repository": {"full_name": "acme/api"},
+    })
+}
+
+#[test]
+fn agent_controls_are_shown_with_their_verdicts() {
+    let out = agent_run("opened", &pull_request("opened", 42, false), false);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(TOKEN), "the token in stdin is redacted");
+    assert_eq!(
+        text,
+        r#"event d-opened type="pull_request.opened" source=gh provider=github
+signature: not checked (add --verify)
+1 of 2 rules match
+
+MATCH review-pr (tests/fixtures/valid/agent.yaml:9:11)
+  when: true
+  action 1: shell argv=["./agent.sh","--event","<attempt dir>/event.json"]
+    when: true
+    stdin: "Review https://github.test/acme/api/pull/42 with [redacted]"
+    files (in <attempt dir>): event.json, prompt.md
+    group key "pr-42" (limit 1, on_busy cancel, kill_grace 30s)
+    start_within 15m
+    (attempts: 1, timeout: 30m)
+    after success:
+      action 1.1: http, rendered after the run (reads `result`)
+        when: decided after the run (reads `result`)
+        (attempts: 8, timeout: 30s)
+        after success:
+          action 1.1.1: log posted the review of 42
+            group key decided after the run (reads `result`) (limit 1, on_busy skip, kill_grace 10s)
+            (attempts: 1, timeout: 30s)
+  action 2: log PR 42 queued
+    when: rendered "False", not `true`: it would be skipped
+    group key "42" (limit 2, on_busy replace, kill_grace 10s)
+    (attempts: 1, timeout: 30s)
+no    stop-review (tests/fixtures/valid/agent.yaml:39:11): event type "pull_request.opened" does not match its `event:` patterns
+"#
+    );
+}
+
+#[test]
+fn a_failing_rule_when_is_named_with_what_it_rendered() {
+    let out = agent_run("opened", &pull_request("opened", 42, true), false);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("0 of 2 rules match\n"), "{text}");
+    assert!(
+        text.contains(
+            "no    review-pr (tests/fixtures/valid/agent.yaml:9:11): `when` rendered \"False\", not `true`\n"
+        ),
+        "{text}"
+    );
+
+    // A `when` that cannot render does not match either, and says why.
+    let body = json!({"action": "opened", "number": 7, "repository": {"full_name": "acme/api"}});
+    let out = agent_run("opened", &body, false);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "no    review-pr (tests/fixtures/valid/agent.yaml:9:11): `when` did not render: template failed: undefined value"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
+fn agent_controls_in_json() {
+    let out = agent_run("opened", &pull_request("opened", 142, false), true);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains(TOKEN), "the token in stdin is redacted");
+    let v: Value = serde_json::from_str(&text).expect("stdout is JSON");
+    let review = &v["rules"][0];
+    assert_eq!(review["matched"], true);
+    assert_eq!(review["when"], json!({"verdict": "true"}));
+    let agent = &review["actions"][0];
+    assert_eq!(agent["type"], "shell");
+    assert_eq!(agent["when"], json!({"verdict": "true"}));
+    assert_eq!(
+        agent["stdin"],
+        "Review https://github.test/acme/api/pull/142 with [redacted]"
+    );
+    assert_eq!(agent["files"], json!(["event.json", "prompt.md"]));
+    assert_eq!(
+        agent["group"],
+        json!({"key": "pr-142", "limit": 1, "on_busy": "cancel", "kill_grace_ms": 30_000})
+    );
+    assert_eq!(agent["start_within_ms"], 900_000);
+    let post = &agent["then"][0];
+    assert_eq!(post["type"], "http");
+    assert_eq!(post["after_run"], true);
+    assert!(post.get("action").is_none(), "{post}");
+    assert_eq!(post["when"], json!({"verdict": "after_run"}));
+    let log = &post["then"][0];
+    assert_eq!(
+        log["action"],
+        json!({"type": "log", "line": "posted the review of 142"})
+    );
+    assert_eq!(log["group"]["after_run"], true);
+    assert!(log["group"].get("key").is_none(), "{log}");
+    // 142 > 100: this time the second action's `when` holds.
+    let queued = &review["actions"][1];
+    assert_eq!(queued["when"], json!({"verdict": "true"}));
+    assert_eq!(queued["group"]["on_busy"], "replace");
+    assert!(queued.get("then").is_none(), "{queued}");
+    assert!(queued.get("stdin").is_none(), "{queued}");
+
+    // Under 100 it renders "False".
+    let out = agent_run("opened", &pull_request("opened", 42, false), true);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(
+        v["rules"][0]["actions"][1]["when"],
+        json!({"verdict": "false", "rendered": "False"})
+    );
+    let draft = agent_run("opened", &pull_request("opened", 42, true), true);
+    let v: Value = serde_json::from_str(&stdout(&draft)).unwrap();
+    assert_eq!(
+        v["rules"][0]["when"],
+        json!({"verdict": "false", "rendered": "False"})
+    );
+    assert_eq!(
+        v["rules"][0]["reason"],
+        "`when` rendered \"False\", not `true`"
+    );
+}
+
+#[test]
+fn a_cancel_action_shows_its_rule_and_key() {
+    let out = agent_run("closed", &pull_request("closed", 42, false), false);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "MATCH stop-review (tests/fixtures/valid/agent.yaml:39:11)\n  \
+             action 1: cancel rule=review-pr key=\"pr-42\"\n    \
+             (attempts: 1, timeout: 30s)\n    \
+             after success:\n      \
+             action 1.1: log stopped the review of 42\n"
+        ),
+        "{text}"
+    );
+}

@@ -88,6 +88,42 @@ fn schema_describes_the_rule_format() {
             "an action has `{key}`: {action:?}"
         );
     }
+    // The agent controls, down to the words `on_busy` accepts.
+    for key in ["when", "on_cancel"] {
+        assert!(rule.contains(&key.to_owned()), "a rule has `{key}`");
+    }
+    for key in [
+        "cancel",
+        "when",
+        "group",
+        "then",
+        "start_within",
+        "stdin",
+        "files",
+    ] {
+        assert!(
+            action.contains(&key.to_owned()),
+            "an action has `{key}`: {action:?}"
+        );
+    }
+    assert_eq!(
+        defs["ActionConfig"]["properties"]["then"]["items"]["$ref"], "#/$defs/ActionConfig",
+        "`then:` holds actions"
+    );
+    assert_eq!(
+        props("GroupConfig"),
+        ["key", "kill_grace", "limit", "on_busy"]
+    );
+    assert_eq!(defs["GroupConfig"]["properties"]["limit"]["minimum"], 1);
+    assert_eq!(
+        defs["GroupConfig"]["properties"]["on_busy"]["enum"],
+        serde_json::json!(["queue", "replace", "cancel", "skip", null])
+    );
+    assert_eq!(props("CancelConfig"), ["key", "rule"]);
+    assert_eq!(
+        defs["CancelConfig"]["required"],
+        serde_json::json!(["rule", "key"])
+    );
     let source = props("SourceConfig");
     for key in ["name", "provider", "secret", "path", "tolerance"] {
         assert!(

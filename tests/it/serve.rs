@@ -310,6 +310,57 @@ fn event_matching_no_rule_is_still_accepted() {
     assert_eq!(count(&log, &fired("std", &other)), 0, "{log}");
 }
 
+#[test]
+fn a_rule_when_is_one_more_condition() {
+    let rules = format!(
+        r#"
+sources:
+  - name: gh
+    provider: github
+    secret: {GH_SECRET}
+rules:
+  - name: go
+    source: gh
+    when: "{{{{ body.note is startingwith('go') }}}}"
+    actions: [{{ log: "go-fired[{{{{ event.id }}}}]" }}]
+  - name: broken
+    source: gh
+    when: "{{{{ body.missing.deeper }}}}"
+    actions: [{{ log: "broken-fired[{{{{ event.id }}}}]" }}]
+  - name: always
+    source: gh
+    actions: [{{ log: "always-fired[{{{{ event.id }}}}]" }}]
+"#
+    );
+    let (_dir, server) = start_fresh(
+        |dir| crate::support::write(dir, "rules.yaml", &rules),
+        |o| o,
+    );
+    let send = |note: &str| {
+        let id = unique("gh-when");
+        let body = push_body("refs/heads/main", note);
+        let resp = post(
+            &server,
+            "/hooks/gh",
+            &gh_headers(GH_SECRET, &body, &id),
+            &body,
+        );
+        assert_accepted(&resp, &id);
+        (id, resp.json()["deliveries"].clone())
+    };
+    // `when` renders `True` (any case counts): the rule matches.
+    let (yes, deliveries) = send("go now");
+    assert_eq!(deliveries, 2);
+    assert_fired_once(&server, "go", &yes);
+    // It renders `False`, or cannot render at all: no match, nothing runs.
+    let (no, deliveries) = send("stop");
+    assert_eq!(deliveries, 1);
+    assert_fired_once(&server, "always", &no);
+    let log = server.log();
+    assert_eq!(count(&log, &fired("go", &no)), 0, "{log}");
+    assert_eq!(count(&log, "broken-fired["), 0, "{log}");
+}
+
 // ---- bad signatures: 401, nothing stored, nothing run ----
 
 #[test]

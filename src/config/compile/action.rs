@@ -1,6 +1,8 @@
-//! Compiling one action of a rule (`actions:` or `on_failure:`): the `log`,
-//! `http` and `shell` kinds with their templates, and the timeout, retry and
-//! concurrency settings that apply to all of them.
+//! Compiling one action of a rule (`actions:`, `on_failure:`, `on_cancel:`
+//! or a `then:` list): the `log`, `http`, `shell` and `cancel` kinds with
+//! their templates, and the settings that apply to all of them (timeout,
+//! retry, concurrency, `when`, `group`, `start_within` and the nested
+//! `then:` actions).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,12 +13,15 @@ use serde_saphyr::Spanned;
 
 use super::{Compiler, Ctx};
 use crate::config::node::{Kind, Node, Pos};
-use crate::config::raw::{ActionConfig, HttpConfig, RetryConfig};
+use crate::config::raw::{
+    ActionConfig, CancelConfig, GroupConfig, HttpConfig, ON_BUSY, RetryConfig,
+};
 use crate::providers::Secret;
 use crate::rules::{
-    Action, ActionKind, HttpAction, HttpBody, RetryPolicy, ShellAction, SigningKey,
+    Action, ActionKind, CancelAction, Group, HttpAction, HttpBody, OnBusy, RetryPolicy,
+    ShellAction, SigningKey,
 };
-use crate::template::JsonTemplate;
+use crate::template::{JsonTemplate, Template};
 
 /// HTTP actions time out after this unless `timeout:` is set.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,22 +31,48 @@ const SHELL_TIMEOUT: Duration = Duration::from_secs(300);
 const SHELL_MAX_OUTPUT: u64 = 64 * 1024;
 
 impl Compiler {
+    /// A top-level action of a rule's list.
     pub(super) fn action(
         &mut self,
         ctx: &Ctx<'_>,
         spanned: &Spanned<ActionConfig>,
     ) -> Option<Action> {
+        self.action_at(ctx, spanned, 0)
+    }
+
+    /// An action `depth` `then:` lists below its rule's list.
+    fn action_at(
+        &mut self,
+        ctx: &Ctx<'_>,
+        spanned: &Spanned<ActionConfig>,
+        depth: usize,
+    ) -> Option<Action> {
         let a = &spanned.value;
         let pos = Pos::of(spanned);
-        let present = [a.log.is_some(), a.http.is_some(), a.shell.is_some()]
-            .iter()
-            .filter(|b| **b)
-            .count();
+        if depth > Action::MAX_THEN_DEPTH {
+            // Reported once, at the first action too deep; what is below it
+            // is not compiled.
+            let msg = format!(
+                "`then:` nests at most {} deep; this action is {depth} deep",
+                Action::MAX_THEN_DEPTH
+            );
+            self.error(ctx, pos, msg);
+            return None;
+        }
+        let present = [
+            a.log.is_some(),
+            a.http.is_some(),
+            a.shell.is_some(),
+            a.cancel.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
         if present != 1 {
             let msg = if present == 0 {
-                "an action needs one of `log`, `http` or `shell`"
+                "an action needs one of `log`, `http`, `shell` or `cancel`"
             } else {
-                "an action has exactly one of `log`, `http` or `shell`; write separate actions"
+                "an action has exactly one of `log`, `http`, `shell` or `cancel`; write separate actions"
             };
             self.error(ctx, pos, msg);
             return None;
@@ -55,6 +86,8 @@ impl Compiler {
                 ),
                 ("workdir", a.workdir.as_ref().map(Pos::of)),
                 ("max_output", a.max_output.as_ref().map(Pos::of)),
+                ("stdin", a.stdin.as_ref().map(Pos::of)),
+                ("files", a.files.as_ref().map(|f| f.pos)),
             ] {
                 if let Some(p) = p {
                     self.error(ctx, p, format!("`{field}` applies only to `shell` actions"));
@@ -77,6 +110,12 @@ impl Compiler {
             (
                 self.shell(ctx, a, argv).map(ActionKind::Shell),
                 SHELL_TIMEOUT,
+                RetryPolicy::NONE,
+            )
+        } else if let Some(c) = &a.cancel {
+            (
+                self.cancel(ctx, c).map(ActionKind::Cancel),
+                HTTP_TIMEOUT,
                 RetryPolicy::NONE,
             )
         } else {
@@ -113,6 +152,26 @@ impl Compiler {
             Some(c) => Some(c.value),
             None => None,
         };
+        let when = a.when.as_ref().and_then(|w| self.template_spanned(ctx, w));
+        let (group, kill_grace) = match &a.group {
+            Some(g) => self.group(ctx, g),
+            None => (None, Action::DEFAULT_KILL_GRACE),
+        };
+        let start_within = match &a.start_within {
+            Some(s) => match self.duration(ctx, s) {
+                Some(d) if d.is_zero() => {
+                    self.error(ctx, Pos::of(s), "`start_within` must be longer than zero");
+                    None
+                }
+                d => d,
+            },
+            None => None,
+        };
+        let then: Vec<Action> = a
+            .then
+            .iter()
+            .filter_map(|child| self.action_at(ctx, child, depth + 1))
+            .collect();
         let kind = kind?;
         if self.diags.errors.len() > errors_before {
             return None;
@@ -122,12 +181,69 @@ impl Compiler {
             retry,
             timeout,
             concurrency,
-            when: None,
-            group: None,
-            kill_grace: Action::DEFAULT_KILL_GRACE,
-            then: Vec::new(),
-            start_within: None,
+            when,
+            group,
+            kill_grace,
+            then,
+            start_within,
             origin: ctx.origin(pos),
+        })
+    }
+
+    /// `group:`, and the kill grace it carries.
+    fn group(&mut self, ctx: &Ctx<'_>, g: &GroupConfig) -> (Option<Group>, Duration) {
+        let key = self.template_spanned(ctx, &g.key);
+        let limit = match &g.limit {
+            Some(l) if l.value == 0 => {
+                self.error(ctx, Pos::of(l), "`limit` must be at least 1");
+                1
+            }
+            Some(l) => l.value,
+            None => 1,
+        };
+        let on_busy = match &g.on_busy {
+            Some(o) => match o.value.as_str() {
+                "queue" => OnBusy::Queue,
+                "replace" => OnBusy::Replace,
+                "cancel" => OnBusy::Cancel,
+                "skip" => OnBusy::Skip,
+                other => {
+                    let msg = format!(
+                        "unknown `on_busy` {other:?} (expected one of: {})",
+                        ON_BUSY.join(", ")
+                    );
+                    self.error(ctx, Pos::of(o), msg);
+                    OnBusy::default()
+                }
+            },
+            None => OnBusy::default(),
+        };
+        let kill_grace = g
+            .kill_grace
+            .as_ref()
+            .and_then(|k| self.duration(ctx, k))
+            .unwrap_or(Action::DEFAULT_KILL_GRACE);
+        let group = key.map(|key| Group {
+            key,
+            limit,
+            on_busy,
+        });
+        (group, kill_grace)
+    }
+
+    /// `cancel:`; whether its rule exists is checked once every file's
+    /// rules are known.
+    fn cancel(&mut self, ctx: &Ctx<'_>, c: &CancelConfig) -> Option<CancelAction> {
+        self.cancel_refs.push(super::CancelRef {
+            file: ctx.file.to_path_buf(),
+            owner: ctx.owner.clone(),
+            pos: Pos::of(&c.rule),
+            rule: c.rule.value.clone(),
+        });
+        let key = self.template_spanned(ctx, &c.key)?;
+        Some(CancelAction {
+            rule: c.rule.value.clone(),
+            key,
         })
     }
 
@@ -357,14 +473,74 @@ impl Compiler {
             .and_then(|w| self.expand_spanned(ctx, w))
             .map(PathBuf::from);
         let max_output = a.max_output.as_ref().map_or(SHELL_MAX_OUTPUT, |m| m.value);
+        let stdin = a.stdin.as_ref().and_then(|s| self.template_spanned(ctx, s));
+        let files = a
+            .files
+            .as_ref()
+            .map(|f| self.files(ctx, f))
+            .unwrap_or_default();
         Some(ShellAction {
             argv: args,
             env,
             workdir,
             max_output: usize::try_from(max_output).unwrap_or(usize::MAX),
-            stdin: None,
-            files: Vec::new(),
+            stdin,
+            files,
         })
+    }
+
+    /// `files:`: plain file names, each to a content template.
+    fn files(&mut self, ctx: &Ctx<'_>, node: &Node) -> Vec<(String, Template)> {
+        let Kind::Map(entries) = &node.kind else {
+            let msg = format!(
+                "`files` must be a mapping of file name to content, found {}",
+                node.type_name()
+            );
+            self.error(ctx, node.pos, msg);
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (key, value) in entries {
+            let name = key.key_text();
+            if let Err(why) = plain_file_name(&name) {
+                self.error(ctx, key.pos, format!("file name {name:?} {why}"));
+                continue;
+            }
+            if out.iter().any(|(n, _)| *n == name) {
+                self.error(ctx, key.pos, format!("duplicate file name {name:?}"));
+                continue;
+            }
+            let text = match &value.kind {
+                Kind::Str(s) => s.clone(),
+                Kind::Int(_) | Kind::Float(_) | Kind::Bool(_) => value.key_text(),
+                _ => {
+                    let msg = format!(
+                        "the content of file {name:?} must be a string, found {}",
+                        value.type_name()
+                    );
+                    self.error(ctx, value.pos, msg);
+                    continue;
+                }
+            };
+            if let Some(t) = self.template(ctx, &text, value.pos) {
+                out.push((name, t));
+            }
+        }
+        out
+    }
+}
+
+/// A name that stays inside the attempt's directory: one path component,
+/// neither `.` nor `..`.
+fn plain_file_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() {
+        Err("is empty")
+    } else if name.contains(['/', '\0']) {
+        Err("must be a plain file name, without `/`")
+    } else if name == "." || name == ".." {
+        Err("must be a plain file name, not `.` or `..`")
+    } else {
+        Ok(())
     }
 }
 

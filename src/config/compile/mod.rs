@@ -47,6 +47,16 @@ struct Compiler {
     source_names: HashMap<String, Origin>,
     source_paths: HashMap<String, (String, Origin)>,
     rule_names: HashMap<String, Origin>,
+    /// Every `cancel:` action's target, checked once all rules are known.
+    cancel_refs: Vec<CancelRef>,
+}
+
+/// A rule named by a `cancel:` action, and where it was named.
+struct CancelRef {
+    file: PathBuf,
+    owner: Option<Owner>,
+    pos: Pos,
+    rule: String,
 }
 
 /// Where diagnostics of the current item go.
@@ -81,6 +91,7 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
         source_names: HashMap::new(),
         source_paths: HashMap::new(),
         rule_names: HashMap::new(),
+        cancel_refs: Vec::new(),
     };
     // Sources first, from every file, so a rule may name a source defined in
     // another file.
@@ -94,6 +105,9 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
             c.rule(&f.path, r);
         }
     }
+    // After every file's rules: a `cancel:` may name a rule defined later
+    // or in another file.
+    c.check_cancel_refs();
     for f in &files {
         for t in &f.config.tests {
             c.test(&f.path, t);
@@ -105,6 +119,10 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
     }
     let set = RuleSet::new(c.sources, c.rules, c.tests, c.templates, c.secrets);
     Ok((set, c.diags))
+}
+
+fn has_group(action: &crate::rules::Action) -> bool {
+    action.group.is_some() || action.then.iter().any(has_group)
 }
 
 fn base_of(file: &Path) -> PathBuf {
@@ -124,6 +142,43 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Compiler {
+    fn check_cancel_refs(&mut self) {
+        for r in std::mem::take(&mut self.cancel_refs) {
+            let ctx = Ctx {
+                file: &r.file,
+                base: base_of(&r.file),
+                owner: r.owner.clone(),
+            };
+            if !self.rule_names.contains_key(&r.rule) {
+                let mut known: Vec<&str> = self.rule_names.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                let msg = format!(
+                    "`cancel` names unknown rule {:?} (defined: {})",
+                    r.rule,
+                    known.join(", ")
+                );
+                self.error(&ctx, r.pos, msg);
+                continue;
+            }
+            // A rule that failed to compile is not in `rules`; its own
+            // errors say enough.
+            let Some(target) = self.rules.iter().find(|x| x.name == r.rule) else {
+                continue;
+            };
+            let grouped = [&target.actions, &target.on_failure, &target.on_cancel]
+                .into_iter()
+                .flatten()
+                .any(has_group);
+            if !grouped {
+                let msg = format!(
+                    "`cancel` names rule {:?}, which has no action with `group:`, so it never finds a delivery to cancel",
+                    r.rule
+                );
+                self.warn(&ctx, r.pos, msg);
+            }
+        }
+    }
+
     fn error(&mut self, ctx: &Ctx<'_>, pos: Pos, msg: impl Into<String>) {
         self.diags
             .errors

@@ -1,6 +1,6 @@
 //! Compiling a `rules:` entry: its name, the sources and events it
-//! listens to, its `match:` conditions and dedup key. Its actions are
-//! compiled by `action`.
+//! listens to, its `match:` conditions, `when:` template and dedup key. Its
+//! actions are compiled by `action`.
 
 use std::path::Path;
 
@@ -42,6 +42,7 @@ impl Compiler {
             .dedup
             .as_ref()
             .and_then(|d| self.template_spanned(&ctx, d));
+        let when = r.when.as_ref().and_then(|w| self.template_spanned(&ctx, w));
         if r.actions.is_empty() {
             self.error(&ctx, name_pos, "a rule needs at least one action");
         }
@@ -55,6 +56,11 @@ impl Compiler {
             .iter()
             .filter_map(|a| self.action(&ctx, a))
             .collect();
+        let on_cancel: Vec<Action> = r
+            .on_cancel
+            .iter()
+            .filter_map(|a| self.action(&ctx, a))
+            .collect();
         if self.diags.errors.len() > errors_before {
             return;
         }
@@ -64,10 +70,10 @@ impl Compiler {
             events,
             condition,
             dedup,
-            when: None,
+            when,
             actions,
             on_failure,
-            on_cancel: Vec::new(),
+            on_cancel,
             origin: ctx.origin(name_pos),
         });
     }
