@@ -223,7 +223,10 @@ fn redact_rendered(set: &RuleSet, r: Rendered) -> Rendered {
             c.env = pairs(c.env);
             Rendered::Shell(c)
         }
-        Rendered::Cancel { rule, key } => Rendered::Cancel { rule, key: red(key) },
+        Rendered::Cancel { rule, key } => Rendered::Cancel {
+            rule,
+            key: red(key),
+        },
     }
 }
 

@@ -6,9 +6,10 @@
 //! status codes and JSON, `cmd::inspect` to tables and exit codes. A new
 //! operation on deliveries lands here, once, and both callers gain it.
 
+use crate::dispatch;
 use crate::ingest;
-use crate::rules::RuleSet;
-use crate::store::{DeliveryRecord, DeliveryState, NewDelivery, Store, StoreError};
+use crate::rules::{ActionList, RuleSet};
+use crate::store::{DeliveryRecord, DeliveryState, GroupSlot, NewDelivery, Store, StoreError};
 
 /// Why a replay did nothing.
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +39,13 @@ pub async fn replay(
         .read(move |s| s.get_event(&owned))
         .await?
         .ok_or(ReplayError::NotFound)?;
+    // The event's own deliveries, not the reactions (on_failure, on_cancel,
+    // then: children): those follow from runs, not from the event. Any final
+    // state replays, cancelled included: a replay is an explicit request.
     let mut pairs: Vec<(String, u32)> = detail
         .deliveries
         .iter()
-        .filter(|d| d.record.on_failure.is_none())
+        .filter(|d| d.record.list == ActionList::Actions && d.record.parent.is_none())
         .map(|d| (d.record.rule.clone(), d.record.action))
         .collect();
     pairs.sort();
@@ -50,28 +54,42 @@ pub async fn replay(
         .into_iter()
         .filter(|(rule, _)| only_rule.is_none_or(|r| r == rule))
         .filter_map(|(rule, action)| {
+            let recorded = detail.deliveries.iter().find(|d| {
+                d.record.rule == rule
+                    && d.record.action == action
+                    && d.record.list == ActionList::Actions
+                    && d.record.parent.is_none()
+            })?;
             // Under the running rules, only actions that still exist; from
-            // the data file alone, what was recorded.
-            let kind = match set {
-                Some(set) => set
-                    .rule(&rule)?
-                    .actions
-                    .get(action as usize)?
-                    .kind
-                    .action_type(),
-                None => detail
-                    .deliveries
-                    .iter()
-                    .find(|d| d.record.rule == rule && d.record.action == action)
-                    .map(|d| d.record.kind)?,
+            // the data file alone, what was recorded. The group key stays
+            // the one rendered when the event came in.
+            let mut d = match set {
+                Some(set) => {
+                    let r = set.rule(&rule)?;
+                    let a = r.actions.get(action as usize)?;
+                    let mut d =
+                        dispatch::plan_delivery_plain(r, ActionList::Actions, action, &[], a);
+                    d.group = match (&a.group, &recorded.record.group) {
+                        (Some(g), Some(old)) => Some(GroupSlot {
+                            key: old.key.clone(),
+                            limit: g.limit.max(1),
+                            on_busy: g.on_busy,
+                        }),
+                        _ => None,
+                    };
+                    d
+                }
+                None => {
+                    let mut d =
+                        NewDelivery::new(&rule, ActionList::Actions, action, recorded.record.kind);
+                    d.group.clone_from(&recorded.record.group);
+                    d
+                }
             };
-            Some(NewDelivery {
-                kind,
-                rule,
-                action,
-                dedup_key: None,
-                on_failure: None,
-            })
+            // Each delivery is in its own event's run of arrivals; the
+            // replay is an explicit request, not a duplicate.
+            d.dedup_key = None;
+            Some(d)
         })
         .collect();
     if let (Some(set), true) = (set, deliveries.is_empty() && detail.deliveries.is_empty()) {

@@ -54,11 +54,16 @@ pub struct Command {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Rendered {
-    Log { line: String },
+    Log {
+        line: String,
+    },
     Http(HttpRequest),
     Shell(Command),
     /// Cancel the deliveries of `rule` whose group key is `key`.
-    Cancel { rule: String, key: String },
+    Cancel {
+        rule: String,
+        key: String,
+    },
 }
 
 /// The template context of one delivery. `failure` is set for `on_failure`

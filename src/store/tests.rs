@@ -16,7 +16,7 @@ use super::writer::{self, Op, Out};
 use super::*;
 use super::{migrate, prune};
 use crate::event::Event;
-use crate::rules::ActionType;
+use crate::rules::{ActionList, ActionType};
 
 const WINDOW: u64 = 10_000;
 const LEASE: u64 = 30_000;
@@ -35,13 +35,7 @@ fn event(id: &str) -> Event {
 }
 
 fn delivery(rule: &str, action: u32) -> NewDelivery {
-    NewDelivery {
-        rule: rule.to_owned(),
-        action,
-        kind: ActionType::Http,
-        dedup_key: None,
-        on_failure: None,
-    }
+    NewDelivery::new(rule, ActionList::Actions, action, ActionType::Http)
 }
 
 fn deduped(rule: &str, action: u32, key: &str) -> NewDelivery {
@@ -420,8 +414,9 @@ async fn dead_and_follow_ups() {
             action: 0,
             attempts: 1,
             last_error: Some("boom".to_owned()),
+            reason: None,
         }),
-        ..delivery("r", 0)
+        ..NewDelivery::new("r", ActionList::OnFailure, 0, ActionType::Http)
     };
     let follow = store
         .finish_with(
@@ -707,7 +702,8 @@ async fn queue_depth_counts() {
             pending: 1,
             leased: 1,
             done: 1,
-            dead: 1
+            dead: 1,
+            ..DeliveryCounts::default()
         }
     );
 }
@@ -1174,14 +1170,36 @@ fn delivery_rows_round_trip_in_both_forms() {
             action: 0,
             attempts: 3,
             last_error: Some("timeout".to_owned()),
+            reason: Some("expired".to_owned()),
         }),
         success: Some(attempt(6_000, "ok", Some("HTTP 200"))),
+        list: ActionList::OnFailure,
+        then: vec![0, 2],
+        group: Some(GroupSlot {
+            key: "pr-1".to_owned(),
+            limit: 2,
+            on_busy: crate::rules::OnBusy::Replace,
+        }),
+        parent: Some(41),
+        result: Some(json!({"status": 0, "json": {"result": "hi"}})),
+        cancel: Some("by hand".to_owned()),
+        cancel_reason: Some("closed".to_owned()),
+        deadline_ms: Some(77),
+        waited: true,
     };
     let bare = DeliveryRecord {
         lease_until_ms: None,
         last_error: None,
         on_failure: None,
         success: None,
+        then: Vec::new(),
+        group: None,
+        parent: None,
+        result: None,
+        cancel: None,
+        cancel_reason: None,
+        deadline_ms: None,
+        waited: false,
         ..full.clone()
     };
     for rec in [&full, &bare] {
