@@ -5,7 +5,7 @@
 use redb::{Database, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::StoreError;
-use super::schema::{META_SCHEMA, SCHEMA_VERSION, WriteTables, load_delivery, v1};
+use super::schema::{META_SCHEMA, SCHEMA_VERSION, WriteTables, group_id, load_delivery, v1};
 use super::types::DeliveryState;
 
 /// Prepares a freshly opened database: creates the tables, checks the schema
@@ -65,8 +65,16 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
                 }
                 rec.state = DeliveryState::Pending;
                 rec.due_at_ms = now;
+                // A group member rejoins its group's queue at its place (ids
+                // are arrival order), ahead of the members that waited.
+                if let Some(slot) = &rec.group {
+                    rec.waited = true;
+                    let gid = group_id(&rec, slot);
+                    t.group_wait.insert((gid.as_str(), id), ())?;
+                } else {
+                    t.due.insert((now, id), ())?;
+                }
                 t.put_delivery(&rec)?;
-                t.due.insert((now, id), ())?;
             }
         }
         let mut heads: Vec<(String, u64)> = Vec::new();
