@@ -250,23 +250,31 @@ impl Dispatcher {
     ) -> Arc<Dispatcher> {
         let workers = workers.max(1);
         store.set_follow_ups(Arc::new(Reactions(Arc::clone(&rules))));
-        Arc::new(Dispatcher {
-            rules,
-            metrics,
-            store,
-            client: actions::http::client(),
-            workers: Arc::new(Semaphore::new(workers)),
-            // Lease a little ahead of the workers so they never wait on the
-            // store, but not so far that a crash leaves much to re-run.
-            max_in_flight: workers * 4,
-            in_flight: AtomicUsize::new(0),
-            slot_freed: Notify::new(),
-            backlog: AtomicBool::new(false),
-            accepting: AtomicBool::new(true),
-            lanes: Mutex::new(HashMap::new()),
-            tracker: TaskTracker::new(),
-            jitter: Mutex::new(SmallRng::from_seed(jitter_seed)),
-            running: Mutex::new(HashMap::new()),
+        Arc::new_cyclic(|me: &std::sync::Weak<Dispatcher>| {
+            let me = me.clone();
+            store.set_stopper(Arc::new(move |ids: &[DeliveryId]| {
+                if let Some(d) = me.upgrade() {
+                    d.stop(ids);
+                }
+            }));
+            Dispatcher {
+                rules,
+                metrics,
+                store,
+                client: actions::http::client(),
+                workers: Arc::new(Semaphore::new(workers)),
+                // Lease a little ahead of the workers so they never wait on the
+                // store, but not so far that a crash leaves much to re-run.
+                max_in_flight: workers * 4,
+                in_flight: AtomicUsize::new(0),
+                slot_freed: Notify::new(),
+                backlog: AtomicBool::new(false),
+                accepting: AtomicBool::new(true),
+                lanes: Mutex::new(HashMap::new()),
+                tracker: TaskTracker::new(),
+                jitter: Mutex::new(SmallRng::from_seed(jitter_seed)),
+                running: Mutex::new(HashMap::new()),
+            }
         })
     }
 
@@ -698,7 +706,7 @@ impl Dispatcher {
         );
         match self.store.cancel_group(&c.rule, &key, &reason).await {
             Ok(out) => {
-                self.stop(&out.stopping);
+                // The store has told `stop` about the running ones.
                 AttemptResult::done(
                     None,
                     format!(

@@ -1,5 +1,5 @@
 //! Operations on stored events and deliveries that both the command line
-//! and the admin API run: replay and delivery listing (and, later, cancel).
+//! and the admin API run: replay, cancel and delivery listing.
 //!
 //! Each takes a `Store` (and, where the running rules matter, a `RuleSet`)
 //! and knows nothing of HTTP or terminals: `admin` maps the results to
@@ -104,6 +104,41 @@ pub async fn replay(
     Ok(store.replay(key, deliveries).await?)
 }
 
+/// Why a cancel did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no such event")]
+    NotFound,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Cancels an event's unfinished deliveries (only `only_rule`'s, if given):
+/// `{"cancelled": N, "stopping": M}`, N counting every delivery cancelled
+/// and M the running ones among them, whose runs are being stopped. An
+/// event with nothing left to cancel answers 0: not an error.
+///
+/// # Errors
+/// An unknown event, or a store failure.
+pub async fn cancel(
+    store: &Store,
+    key: &str,
+    only_rule: Option<&str>,
+) -> Result<serde_json::Value, CancelError> {
+    let reason = match only_rule {
+        Some(r) => format!("cancelled by hand (rule {r})"),
+        None => "cancelled by hand".to_owned(),
+    };
+    match store.cancel_event(key, only_rule, &reason).await {
+        Ok(out) => Ok(serde_json::json!({
+            "cancelled": out.cancelled,
+            "stopping": out.stopping.len(),
+        })),
+        Err(e) if e.is_not_found() => Err(CancelError::NotFound),
+        Err(e) => Err(CancelError::Store(e)),
+    }
+}
+
 /// Which deliveries to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryFilter {
@@ -112,7 +147,7 @@ pub enum DeliveryFilter {
 }
 
 impl DeliveryFilter {
-    /// `pending`, `leased`, `done` or `dead` (`failed` is read as `dead`).
+    /// A state's name (`failed` is read as `dead`).
     ///
     /// # Errors
     /// Any other word, as a message.

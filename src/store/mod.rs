@@ -37,7 +37,7 @@ pub use types::{
     Attempt, AttemptOutcome, BatchStats, CancelOutcome, Committed, DedupKey, DeliveryCounts,
     DeliveryDetail, DeliveryId, DeliveryRecord, DeliveryState, EventDetail, EventSummary,
     FailureContext, FollowUps, GroupSlot, Leased, Leases, MAX_DETAIL_BYTES, NewDelivery, NewEvent,
-    Next, ParseStateError, PruneStats, QueueDepth, UnknownOutcome,
+    Next, ParseStateError, PruneStats, QueueDepth, Stopper, UnknownOutcome,
 };
 
 use prune::PruneChunk;
@@ -323,7 +323,10 @@ impl Store {
             })
             .await?
         {
-            Out::Cancelled(c) => Ok(c),
+            Out::Cancelled(c) => {
+                self.stop(&c.stopping);
+                Ok(c)
+            }
             _ => Err(StoreError::Internal("unexpected answer to cancel")),
         }
     }
@@ -344,8 +347,34 @@ impl Store {
             })
             .await?
         {
-            Out::Cancelled(c) => Ok(c),
+            Out::Cancelled(c) => {
+                self.stop(&c.stopping);
+                Ok(c)
+            }
             _ => Err(StoreError::Internal("unexpected answer to cancel")),
+        }
+    }
+
+    /// Installs what stops the runs of deliveries a cancel marked (the
+    /// dispatcher's), so every caller of a cancel (API, `cancel:` action)
+    /// stops them at once without knowing who runs them.
+    pub fn set_stopper(&self, stop: Stopper) {
+        match self.inner.shared.stopper.write() {
+            Ok(mut g) => *g = Some(stop),
+            Err(poisoned) => *poisoned.into_inner() = Some(stop),
+        }
+    }
+
+    fn stop(&self, ids: &[DeliveryId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let stopper = match self.inner.shared.stopper.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(stop) = stopper {
+            stop(ids);
         }
     }
 

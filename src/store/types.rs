@@ -143,6 +143,10 @@ pub trait FollowUps: Send + Sync {
     fn on_cancel(&self, rule: &str, reason: &str) -> Vec<NewDelivery>;
 }
 
+/// Stops the runs of deliveries a cancel marked (see
+/// [`crate::store::Store::set_stopper`]).
+pub type Stopper = std::sync::Arc<dyn Fn(&[DeliveryId]) + Send + Sync>;
+
 /// What a cancel did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct CancelOutcome {

@@ -119,6 +119,8 @@ pub(super) struct Shared {
     /// The running rules' reactions, for the follow-ups the store decides
     /// itself (expiry, cancel, a delivery that could not be planned).
     pub follow_ups: std::sync::RwLock<Option<Arc<dyn FollowUps>>>,
+    /// Told the running deliveries a cancel marked, to stop their runs.
+    pub stopper: std::sync::RwLock<Option<super::types::Stopper>>,
 }
 
 #[derive(Default)]
