@@ -17,6 +17,7 @@
 //! anything else that handles requests (see `lib.rs`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -71,6 +72,8 @@ pub struct Dispatcher {
     /// Retry jitter. Seeded once at start rather than `rand::rng()`, whose
     /// lazy seeding can fail, and would then panic, on the first retry.
     jitter: Mutex<SmallRng>,
+    /// The base of each attempt's `files:` directory.
+    files_dir: PathBuf,
 }
 
 /// Worker slots reserved for the deliveries of one event about to be
@@ -136,6 +139,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         workers: usize,
         jitter_seed: [u8; 32],
+        files_dir: PathBuf,
     ) -> Arc<Dispatcher> {
         let workers = workers.max(1);
         Arc::new(Dispatcher {
@@ -154,6 +158,7 @@ impl Dispatcher {
             lanes: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             jitter: Mutex::new(SmallRng::from_seed(jitter_seed)),
+            files_dir,
         })
     }
 
@@ -423,6 +428,7 @@ impl Dispatcher {
         let d = &leased.delivery;
         let failure = d.on_failure.as_ref().map(|f| failure_json(rule, f));
         let ctx = render::context(&leased.event, &rule.name, failure.as_ref());
+        let never = CancellationToken::new();
         let job = Job {
             action,
             context: &ctx,
@@ -430,6 +436,8 @@ impl Dispatcher {
             event_id: &leased.event.id,
             event_key: &d.event_key,
             delivery: d.id,
+            cancel: &never,
+            files_dir: &self.files_dir,
         };
         actions::run(set, &self.client, job).await
     }
