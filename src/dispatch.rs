@@ -20,6 +20,7 @@
 //! anything else that handles requests (see `lib.rs`).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -80,6 +81,8 @@ pub struct Dispatcher {
     /// A token per delivery handed to the workers and not yet finished;
     /// cancelling it stops the run (or keeps it from starting).
     running: Mutex<HashMap<DeliveryId, CancellationToken>>,
+    /// The base of each attempt's `files:` directory.
+    files_dir: PathBuf,
 }
 
 /// The message of the group-key error: the key is what makes a group, and
@@ -247,6 +250,7 @@ impl Dispatcher {
         metrics: Arc<Metrics>,
         workers: usize,
         jitter_seed: [u8; 32],
+        files_dir: PathBuf,
     ) -> Arc<Dispatcher> {
         let workers = workers.max(1);
         store.set_follow_ups(Arc::new(Reactions(Arc::clone(&rules))));
@@ -274,6 +278,7 @@ impl Dispatcher {
                 tracker: TaskTracker::new(),
                 jitter: Mutex::new(SmallRng::from_seed(jitter_seed)),
                 running: Mutex::new(HashMap::new()),
+                files_dir,
             }
         })
     }
@@ -676,13 +681,12 @@ impl Dispatcher {
             event_id: &leased.event.id,
             event_key: &d.event_key,
             delivery: d.id,
+            cancel,
+            files_dir: &self.files_dir,
         };
-        // Dropping the attempt stops it: an HTTP call is abandoned, a
-        // process group is killed.
-        Ran::Result(tokio::select! {
-            r = actions::run(set, &self.client, job) => r,
-            () = cancel.cancelled() => AttemptResult::fail(None, "cancelled while running".to_owned()),
-        })
+        // A cancel drops an HTTP call, and sends a process group SIGTERM
+        // then, after the action's kill_grace, SIGKILL.
+        Ran::Result(actions::run(set, &self.client, job).await)
     }
 
     /// A `cancel:` action: cancels the deliveries of the named rule whose
@@ -732,7 +736,7 @@ impl Dispatcher {
         ctx: Option<&minijinja::Value>,
     ) -> Vec<NewDelivery> {
         let d = &leased.delivery;
-        let result = result_context(result);
+        let result = result.result_context();
         let Some(ctx) = ctx else {
             return Vec::new();
         };
@@ -761,12 +765,6 @@ enum Ran {
     Result(AttemptResult),
     /// The action's `when:` was not true; nothing ran.
     Skipped(String),
-}
-
-/// `result` for `then:` children: `status` (exit code or HTTP status),
-/// `stdout`, `stderr`, `body` and, when the output parses, `json`.
-fn result_context(r: &AttemptResult) -> serde_json::Value {
-    serde_json::json!({ "status": r.status, "stdout": "", "stderr": "", "body": "" })
 }
 
 fn failure_json(rule: &Rule, f: &FailureContext) -> serde_json::Value {
