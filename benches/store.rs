@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hookrouter::event::Event;
-use hookrouter::rules::ActionType;
+use hookrouter::rules::{ActionList, ActionType};
 use hookrouter::store::{Attempt, AttemptOutcome, Committed, NewDelivery, NewEvent, Next, Store};
 
 fn body(n: u64) -> serde_json::Value {
@@ -100,13 +100,12 @@ async fn run(path: Path, tasks: u64, secs: u64) -> f64 {
                 let deliveries = if path == Path::EventOnly {
                     Vec::new()
                 } else {
-                    vec![NewDelivery {
-                        rule: "push-main".to_owned(),
-                        action: 0,
-                        kind: ActionType::Log,
-                        dedup_key: None,
-                        on_failure: None,
-                    }]
+                    vec![NewDelivery::new(
+                        "push-main",
+                        ActionList::Actions,
+                        0,
+                        ActionType::Log,
+                    )]
                 };
                 let now = now_ms();
                 let ev = event(task, n, &body);

@@ -157,6 +157,15 @@ async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>
                 Err(ReplayError::Store(e)) => Err(e),
             }
         }
+        ("POST", ["api", "cancel", key]) => {
+            match ops::cancel(&admin.store, key, q.get("rule").map(String::as_str)).await {
+                Ok(value) => return http_util::json(StatusCode::OK, &value),
+                Err(ops::CancelError::NotFound) => {
+                    return error(StatusCode::NOT_FOUND, "no such event");
+                }
+                Err(ops::CancelError::Store(e)) => Err(e),
+            }
+        }
         (_, ["api", ..] | ["metrics"]) => {
             return error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
         }

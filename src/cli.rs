@@ -74,6 +74,11 @@ pub enum Command {
         after_help = "Examples:\n  hookrouter replay 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --admin 127.0.0.1:9001\n  hookrouter replay 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --rule deploy-main --data hookrouter.redb"
     )]
     Replay(ReplayArgs),
+    /// Cancel an event's waiting and running deliveries (all, or one rule's).
+    #[command(
+        after_help = "Examples:\n  hookrouter cancel 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --admin 127.0.0.1:9001\n  hookrouter cancel 01J9Z3Q4X8K2M5N6P7R8S9T0V1 --rule review-pr --data hookrouter.redb"
+    )]
+    Cancel(CancelArgs),
     /// Print the headers a provider would send for a body, to try rules with curl.
     #[command(
         after_help = "Example (bash):\n  mapfile -t H < <(hookrouter sign --provider github --secret dev-secret --body push.json --id 1)\n  curl -X POST localhost:9000/hooks/github -H 'Content-Type: application/json' \\\n      -H 'X-GitHub-Event: push' \"${H[@]/#/-H}\" --data-binary @push.json"
@@ -147,7 +152,8 @@ pub struct DeliveriesArgs {
     /// The same as `--state dead`, kept for existing scripts.
     #[arg(long, conflicts_with = "state")]
     pub failed: bool,
-    /// Only deliveries in this state: pending, leased, done, dead (gave up).
+    /// Only deliveries in this state: pending, leased, done, dead (gave up),
+    /// skipped, superseded, cancelled or expired.
     #[arg(long)]
     pub state: Option<String>,
     /// How many deliveries to list.
@@ -162,6 +168,17 @@ pub struct ReplayArgs {
     /// The event's key.
     pub key: String,
     /// Replay only this rule's actions.
+    #[arg(long, value_name = "NAME")]
+    pub rule: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CancelArgs {
+    /// The event's key.
+    pub key: String,
+    /// Cancel only this rule's deliveries.
     #[arg(long, value_name = "NAME")]
     pub rule: Option<String>,
     #[command(flatten)]
@@ -399,6 +416,9 @@ pub fn main() -> ExitCode {
         ),
         Command::Replay(a) => {
             inspect::replay(&a.store.target(), &a.key, a.rule.as_deref(), a.store.json)
+        }
+        Command::Cancel(a) => {
+            inspect::cancel(&a.store.target(), &a.key, a.rule.as_deref(), a.store.json)
         }
         Command::Sign(a) => sign::run(&sign::Options {
             provider: a.provider,

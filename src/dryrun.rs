@@ -446,6 +446,8 @@ fn redact_rendered(set: &RuleSet, r: Rendered) -> Rendered {
         Rendered::Shell(mut c) => {
             c.argv = c.argv.into_iter().map(red).collect();
             c.env = pairs(c.env);
+            c.stdin = c.stdin.map(red);
+            c.files = pairs(c.files);
             Rendered::Shell(c)
         }
         Rendered::Cancel { rule, key } => Rendered::Cancel {

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use crate::actions::render;
 use crate::clock;
-use crate::dispatch::{Claim, Dispatcher};
+use crate::dispatch::{self, Claim, Dispatcher};
 use crate::event::Event;
 use crate::providers::Verified;
-use crate::rules::RuleSet;
+use crate::rules::{ActionList, RuleSet};
 use crate::store::{Committed, DedupKey, NewDelivery, NewEvent, Store, StoreError};
 
 /// What became of an accepted event.
@@ -54,8 +54,8 @@ pub fn plan(
 ) -> (Vec<NewDelivery>, Vec<String>) {
     let mut deliveries = Vec::new();
     let mut matched = Vec::new();
-    // Templates take a shared event; made once, and only for `when:` and
-    // `dedup:`.
+    // Templates take a shared event; made once, and only for `when:`,
+    // `dedup:` and group keys.
     let mut shared: Option<Arc<Event>> = None;
     let mut when_ctx = |rule: &crate::rules::Rule| {
         let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
@@ -88,13 +88,16 @@ pub fn plan(
             }
         });
         for (i, action) in rule.actions.iter().enumerate() {
-            deliveries.push(NewDelivery {
-                rule: rule.name.clone(),
-                action: u32::try_from(i).unwrap_or(u32::MAX),
-                kind: action.kind.action_type(),
-                dedup_key: rule_key.clone(),
-                on_failure: None,
-            });
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            let mut d = if action.group.is_some() {
+                let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
+                let ctx = render::context(shared, &rule.name, None);
+                dispatch::plan_delivery(set, rule, ActionList::Actions, index, &[], action, &ctx)
+            } else {
+                dispatch::plan_delivery_plain(rule, ActionList::Actions, index, &[], action)
+            };
+            d.dedup_key = rule_key.clone();
+            deliveries.push(d);
         }
     }
     (deliveries, matched)

@@ -173,7 +173,7 @@ impl Metrics {
         let queue = Family::<StateLabels, Gauge>::default();
         registry.register(
             "hookrouter_queue_depth",
-            "Deliveries by state (pending, leased, dead)",
+            "Deliveries by state (pending, leased, dead, skipped, superseded, cancelled, expired)",
             queue.clone(),
         );
         let ingest_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
@@ -292,6 +292,10 @@ impl Metrics {
             ("pending", depth.pending),
             ("leased", depth.leased),
             ("dead", depth.dead),
+            ("skipped", depth.skipped),
+            ("superseded", depth.superseded),
+            ("cancelled", depth.cancelled),
+            ("expired", depth.expired),
         ] {
             self.queue
                 .get_or_create(&StateLabels {

@@ -1,14 +1,15 @@
 //! Operations on stored events and deliveries that both the command line
-//! and the admin API run: replay and delivery listing (and, later, cancel).
+//! and the admin API run: replay, cancel and delivery listing.
 //!
 //! Each takes a `Store` (and, where the running rules matter, a `RuleSet`)
 //! and knows nothing of HTTP or terminals: `admin` maps the results to
 //! status codes and JSON, `cmd::inspect` to tables and exit codes. A new
 //! operation on deliveries lands here, once, and both callers gain it.
 
+use crate::dispatch;
 use crate::ingest;
-use crate::rules::RuleSet;
-use crate::store::{DeliveryRecord, DeliveryState, NewDelivery, Store, StoreError};
+use crate::rules::{ActionList, RuleSet};
+use crate::store::{DeliveryRecord, DeliveryState, GroupSlot, NewDelivery, Store, StoreError};
 
 /// Why a replay did nothing.
 #[derive(Debug, thiserror::Error)]
@@ -38,10 +39,13 @@ pub async fn replay(
         .read(move |s| s.get_event(&owned))
         .await?
         .ok_or(ReplayError::NotFound)?;
+    // The event's own deliveries, not the reactions (on_failure, on_cancel,
+    // then: children): those follow from runs, not from the event. Any final
+    // state replays, cancelled included: a replay is an explicit request.
     let mut pairs: Vec<(String, u32)> = detail
         .deliveries
         .iter()
-        .filter(|d| d.record.on_failure.is_none())
+        .filter(|d| d.record.list == ActionList::Actions && d.record.parent.is_none())
         .map(|d| (d.record.rule.clone(), d.record.action))
         .collect();
     pairs.sort();
@@ -50,28 +54,42 @@ pub async fn replay(
         .into_iter()
         .filter(|(rule, _)| only_rule.is_none_or(|r| r == rule))
         .filter_map(|(rule, action)| {
+            let recorded = detail.deliveries.iter().find(|d| {
+                d.record.rule == rule
+                    && d.record.action == action
+                    && d.record.list == ActionList::Actions
+                    && d.record.parent.is_none()
+            })?;
             // Under the running rules, only actions that still exist; from
-            // the data file alone, what was recorded.
-            let kind = match set {
-                Some(set) => set
-                    .rule(&rule)?
-                    .actions
-                    .get(action as usize)?
-                    .kind
-                    .action_type(),
-                None => detail
-                    .deliveries
-                    .iter()
-                    .find(|d| d.record.rule == rule && d.record.action == action)
-                    .map(|d| d.record.kind)?,
+            // the data file alone, what was recorded. The group key stays
+            // the one rendered when the event came in.
+            let mut d = match set {
+                Some(set) => {
+                    let r = set.rule(&rule)?;
+                    let a = r.actions.get(action as usize)?;
+                    let mut d =
+                        dispatch::plan_delivery_plain(r, ActionList::Actions, action, &[], a);
+                    d.group = match (&a.group, &recorded.record.group) {
+                        (Some(g), Some(old)) => Some(GroupSlot {
+                            key: old.key.clone(),
+                            limit: g.limit.max(1),
+                            on_busy: g.on_busy,
+                        }),
+                        _ => None,
+                    };
+                    d
+                }
+                None => {
+                    let mut d =
+                        NewDelivery::new(&rule, ActionList::Actions, action, recorded.record.kind);
+                    d.group.clone_from(&recorded.record.group);
+                    d
+                }
             };
-            Some(NewDelivery {
-                kind,
-                rule,
-                action,
-                dedup_key: None,
-                on_failure: None,
-            })
+            // Each delivery is in its own event's run of arrivals; the
+            // replay is an explicit request, not a duplicate.
+            d.dedup_key = None;
+            Some(d)
         })
         .collect();
     if let (Some(set), true) = (set, deliveries.is_empty() && detail.deliveries.is_empty()) {
@@ -86,6 +104,41 @@ pub async fn replay(
     Ok(store.replay(key, deliveries).await?)
 }
 
+/// Why a cancel did nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no such event")]
+    NotFound,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// Cancels an event's unfinished deliveries (only `only_rule`'s, if given):
+/// `{"cancelled": N, "stopping": M}`, N counting every delivery cancelled
+/// and M the running ones among them, whose runs are being stopped. An
+/// event with nothing left to cancel answers 0: not an error.
+///
+/// # Errors
+/// An unknown event, or a store failure.
+pub async fn cancel(
+    store: &Store,
+    key: &str,
+    only_rule: Option<&str>,
+) -> Result<serde_json::Value, CancelError> {
+    let reason = match only_rule {
+        Some(r) => format!("cancelled by hand (rule {r})"),
+        None => "cancelled by hand".to_owned(),
+    };
+    match store.cancel_event(key, only_rule, &reason).await {
+        Ok(out) => Ok(serde_json::json!({
+            "cancelled": out.cancelled,
+            "stopping": out.stopping.len(),
+        })),
+        Err(e) if e.is_not_found() => Err(CancelError::NotFound),
+        Err(e) => Err(CancelError::Store(e)),
+    }
+}
+
 /// Which deliveries to list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeliveryFilter {
@@ -94,7 +147,7 @@ pub enum DeliveryFilter {
 }
 
 impl DeliveryFilter {
-    /// `pending`, `leased`, `done` or `dead` (`failed` is read as `dead`).
+    /// A state's name (`failed` is read as `dead`).
     ///
     /// # Errors
     /// Any other word, as a message.

@@ -3,16 +3,20 @@
 //! Owns the HTTP client (reqwest with rustls, one connection pool for every
 //! rule), Standard Webhooks signing of outgoing requests, and the outcome
 //! policy: 2xx succeeds; connection errors, timeouts, 408, 429 and 5xx are
-//! retried (with `Retry-After` honoured); any other status is final.
+//! retried (with `Retry-After` honoured); any other status is final. The
+//! response body is kept, up to a cap, as the attempt's `result`.
 
 use std::time::{Duration, SystemTime};
 
-use super::AttemptResult;
 use super::render::HttpRequest;
+use super::{AttemptResult, Output};
 use crate::rules::SigningKey;
 
 /// Bytes of a response body kept in the attempt record.
 const MAX_RESPONSE_KEPT: usize = 2048;
+/// Bytes of a response body kept for `then:` children: the same cap as a
+/// shell action's output by default. The rest is not read.
+const MAX_BODY_KEPT: usize = 64 * 1024;
 
 /// The shared client. Redirects are not followed: a webhook target that
 /// redirects is misconfigured, and following would let a response choose
@@ -90,9 +94,12 @@ pub async fn send(
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_retry_after);
-    let text = match tokio::time::timeout(timeout, resp.bytes()).await {
-        Ok(Ok(b)) => String::from_utf8_lossy(b.get(..MAX_RESPONSE_KEPT).unwrap_or(&b)).into_owned(),
-        _ => String::new(),
+    let body = tokio::time::timeout(timeout, read_capped(resp, MAX_BODY_KEPT))
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(body.get(..MAX_RESPONSE_KEPT).unwrap_or(&body)).into_owned();
+    let output = Output::Http {
+        body: String::from_utf8_lossy(&body).into_owned(),
     };
     let code = Some(i32::from(status.as_u16()));
     let detail = if text.trim().is_empty() {
@@ -100,7 +107,7 @@ pub async fn send(
     } else {
         format!("HTTP {}: {}", status.as_u16(), text.trim())
     };
-    if status.is_success() {
+    let result = if status.is_success() {
         AttemptResult::done(code, detail)
     } else if status.is_server_error()
         || status == reqwest::StatusCode::REQUEST_TIMEOUT
@@ -109,7 +116,23 @@ pub async fn send(
         AttemptResult::retry(code, detail, retry_after)
     } else {
         AttemptResult::fail(code, detail)
+    };
+    result.with_output(output)
+}
+
+/// Up to `cap` bytes of the body; a body that breaks off keeps what came.
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Vec<u8> {
+    let mut kept = Vec::new();
+    while kept.len() < cap {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = cap - kept.len();
+                kept.extend_from_slice(chunk.get(..room).unwrap_or(&chunk));
+            }
+            Ok(None) | Err(_) => break,
+        }
     }
+    kept
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

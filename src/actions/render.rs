@@ -1,10 +1,13 @@
 //! Turning an action and an event into exactly what will run.
 //!
 //! Owns the template context (`body`, `headers`, `query`, `event`, `rule`,
-//! `failure`) and the rendered forms of each action. [`super::run`] runs
-//! what this produces for the dispatcher; `hookrouter test` prints it.
-//! Keeping one renderer for both is what makes the dry run truthful.
+//! `failure`, and keys added per delivery such as `result`, `cancel` and
+//! `files`) and the rendered forms of each action. The dispatcher runs
+//! what this produces; `hookrouter test` prints it. Keeping one renderer for
+//! both is what makes the dry run truthful.
 
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use minijinja::value::{Enumerator, Object, ObjectRepr};
@@ -48,7 +51,22 @@ pub struct Command {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub workdir: Option<String>,
+    /// Written to the child's standard input, which is then closed. `None`:
+    /// stdin is `/dev/null`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// The attempt's private directory for `files`; created just before the
+    /// process starts and removed after it. `None` when there are no files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_dir: Option<PathBuf>,
+    /// File name (inside `files_dir`) → content.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<(String, String)>,
 }
+
+/// Where `render` pretends an attempt's files live: the dry run has no
+/// attempt, and a path that is plainly not real says so.
+pub const DRY_RUN_FILES_DIR: &str = "<attempt-files>";
 
 /// One action, rendered.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -74,23 +92,49 @@ pub enum Rendered {
 /// what it reads. Whole objects (`{{ body | tojson }}`, loops) are walked the
 /// same way, in the body's own key order.
 pub fn context(event: &Arc<Event>, rule: &str, failure: Option<&Value>) -> minijinja::Value {
+    context_with(event, rule, failure, BTreeMap::new())
+}
+
+/// [`context`] plus top-level keys of the delivery's own (`result` for a
+/// `then:` child, `cancel` for `on_cancel`). An extra key never hides one
+/// of the event's.
+pub fn context_with(
+    event: &Arc<Event>,
+    rule: &str,
+    failure: Option<&Value>,
+    extra: BTreeMap<String, minijinja::Value>,
+) -> minijinja::Value {
     minijinja::Value::from_object(Root {
         event: Arc::clone(event),
         rule: rule.to_owned(),
         failure: failure.cloned(),
+        extra,
     })
 }
 
-/// The top level: `body`, `headers`, `query`, `event`, `rule`, `failure`.
+/// `ctx` with `extra`'s keys added; everything else is still looked up
+/// lazily in `ctx`, whose own keys win (as in [`context_with`]).
+pub fn extend(
+    ctx: &minijinja::Value,
+    extra: BTreeMap<String, minijinja::Value>,
+) -> minijinja::Value {
+    if extra.is_empty() {
+        return ctx.clone();
+    }
+    minijinja::value::merge_maps([minijinja::Value::from(extra), ctx.clone()])
+}
+
+/// The top level: `body`, `headers`, `query`, `event`, `rule`, `failure`,
+/// and the extra keys.
 #[derive(Debug)]
 struct Root {
     event: Arc<Event>,
     rule: String,
     failure: Option<Value>,
+    extra: BTreeMap<String, minijinja::Value>,
 }
 
 const KEYS: &[&str] = &["body", "headers", "query", "event", "rule"];
-const KEYS_WITH_FAILURE: &[&str] = &["body", "headers", "query", "event", "rule", "failure"];
 
 impl Object for Root {
     fn get_value(self: &Arc<Self>, key: &minijinja::Value) -> Option<minijinja::Value> {
@@ -111,16 +155,21 @@ impl Object for Root {
             }),
             "rule" => serde_value(RuleContext { name: &self.rule }),
             "failure" => serde_value(self.failure.as_ref()?),
-            _ => return None,
+            other => return self.extra.get(other).cloned(),
         })
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        Enumerator::Str(if self.failure.is_some() {
-            KEYS_WITH_FAILURE
-        } else {
-            KEYS
-        })
+        let fixed = KEYS
+            .iter()
+            .copied()
+            .chain(self.failure.is_some().then_some("failure"));
+        let extra = self
+            .extra
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !KEYS.contains(k) && *k != "failure");
+        Enumerator::Values(fixed.chain(extra).map(minijinja::Value::from).collect())
     }
 }
 
@@ -247,7 +296,8 @@ impl Object for Json {
     }
 }
 
-/// Render `action` for the event whose context is `ctx`.
+/// Render `action` for the event whose context is `ctx`, as the dry run
+/// shows it: a shell action's files are placed in [`DRY_RUN_FILES_DIR`].
 ///
 /// # Errors
 /// The first template that fails, or a URL that does not parse once rendered.
@@ -255,6 +305,21 @@ pub fn render(
     set: &RuleSet,
     action: &Action,
     ctx: &minijinja::Value,
+) -> Result<Rendered, TemplateError> {
+    render_attempt(set, action, ctx, Path::new(DRY_RUN_FILES_DIR))
+}
+
+/// Render `action` for one attempt whose files (if the action has any) go
+/// into `files_dir`. The directory's path is chosen first because every
+/// other template may name a file by its path (`files['event.json']`).
+///
+/// # Errors
+/// As [`render`].
+pub fn render_attempt(
+    set: &RuleSet,
+    action: &Action,
+    ctx: &minijinja::Value,
+    files_dir: &Path,
 ) -> Result<Rendered, TemplateError> {
     let t = &set.templates;
     Ok(match &action.kind {
@@ -298,19 +363,43 @@ pub fn render(
             rule: c.rule.clone(),
             key: t.render(&c.key, ctx)?,
         },
-        ActionKind::Shell(s) => Rendered::Shell(Command {
-            argv: s
-                .argv
-                .iter()
-                .map(|a| t.render(a, ctx))
-                .collect::<Result<_, _>>()?,
-            env: s
-                .env
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), t.render(v, ctx)?)))
-                .collect::<Result<_, TemplateError>>()?,
-            workdir: s.workdir.as_ref().map(|w| w.display().to_string()),
-        }),
+        ActionKind::Shell(s) => {
+            let with_files;
+            let (ctx, files_dir) = if s.files.is_empty() {
+                (ctx, None)
+            } else {
+                let paths: BTreeMap<&str, String> = s
+                    .files
+                    .iter()
+                    .map(|(name, _)| (name.as_str(), files_dir.join(name).display().to_string()))
+                    .collect();
+                with_files = extend(
+                    ctx,
+                    BTreeMap::from([("files".to_owned(), serde_value(paths))]),
+                );
+                (&with_files, Some(files_dir.to_path_buf()))
+            };
+            Rendered::Shell(Command {
+                files: s
+                    .files
+                    .iter()
+                    .map(|(name, v)| Ok((name.clone(), t.render(v, ctx)?)))
+                    .collect::<Result<_, TemplateError>>()?,
+                argv: s
+                    .argv
+                    .iter()
+                    .map(|a| t.render(a, ctx))
+                    .collect::<Result<_, _>>()?,
+                env: s
+                    .env
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), t.render(v, ctx)?)))
+                    .collect::<Result<_, TemplateError>>()?,
+                stdin: s.stdin.as_ref().map(|v| t.render(v, ctx)).transpose()?,
+                workdir: s.workdir.as_ref().map(|w| w.display().to_string()),
+                files_dir,
+            })
+        }
     })
 }
 
@@ -397,5 +486,49 @@ mod tests {
             render("{{ failure is defined }}", &plain).expect("defined"),
             "False"
         );
+    }
+
+    #[test]
+    fn extra_keys_join_the_context_without_hiding_the_event() {
+        let result = serde_value(json!({"json": {"result": "hi"}, "status": 0}));
+        let ctx = context_with(
+            &event(json!({"n": 1})),
+            "r1",
+            None,
+            BTreeMap::from([
+                ("result".to_owned(), result),
+                ("body".to_owned(), minijinja::Value::from("not the body")),
+            ]),
+        );
+        let ctx = extend(
+            &ctx,
+            BTreeMap::from([
+                ("files".to_owned(), serde_value(json!({"a": "/x/a"}))),
+                ("rule".to_owned(), minijinja::Value::from("not the rule")),
+            ]),
+        );
+        let cases = [
+            ("{{ result.json.result }} {{ result.status }}", "hi 0"),
+            ("{{ files.a }} {{ files['a'] }}", "/x/a /x/a"),
+            ("{{ body.n }} {{ rule.name }}", "1 r1"),
+            ("{{ result.json.missing is defined }}", "False"),
+        ];
+        for (src, want) in cases {
+            assert_eq!(render(src, &ctx).expect(src), want, "{src}");
+        }
+        let keys = render(
+            "{% for k in ctx %}{{ k }},{% endfor %}",
+            &minijinja::Value::from(BTreeMap::from([("ctx".to_owned(), ctx)])),
+        )
+        .expect("keys");
+        for key in [
+            "body", "headers", "query", "event", "rule", "result", "files",
+        ] {
+            assert_eq!(
+                keys.matches(&format!("{key},")).count(),
+                1,
+                "{key} in {keys}"
+            );
+        }
     }
 }

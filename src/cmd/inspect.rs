@@ -376,6 +376,48 @@ fn deliveries_inner(
 }
 
 /// `hookrouter replay KEY [--rule NAME]`.
+pub fn cancel(target: &Target, key: &str, rule: Option<&str>, json: bool) -> ExitCode {
+    finish(cancel_inner(target, key, rule, json))
+}
+
+fn cancel_inner(
+    target: &Target,
+    key: &str,
+    rule: Option<&str>,
+    json: bool,
+) -> Result<String, InspectError> {
+    let rt = runtime()?;
+    let value = match target {
+        Target::Admin { url, token } => {
+            let mut u = format!("{}/api/cancel/{key}", base(url));
+            if let Some(r) = rule {
+                let _ = write!(
+                    u,
+                    "?rule={}",
+                    form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+                );
+            }
+            rt.block_on(call("POST", &u, token.as_deref()))?
+        }
+        Target::Data(path) => {
+            let store = open(path)?;
+            let value = rt
+                .block_on(ops::cancel(&store, key, rule))
+                .map_err(|e| InspectError::Message(e.to_string()))?;
+            let _ = rt.block_on(store.close());
+            value
+        }
+    };
+    if json {
+        return Ok(format!("{value}\n"));
+    }
+    let n = value.get("cancelled").and_then(Value::as_u64).unwrap_or(0);
+    let m = value.get("stopping").and_then(Value::as_u64).unwrap_or(0);
+    Ok(format!(
+        "cancelled {n} deliveries of event {key}; {m} running, being stopped\n"
+    ))
+}
+
 pub fn replay(target: &Target, key: &str, rule: Option<&str>, json: bool) -> ExitCode {
     finish(replay_inner(target, key, rule, json))
 }

@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::actions;
 use crate::admin::{self, Admin};
 use crate::admin_guard::{Authority, Guard};
 use crate::clock;
@@ -106,6 +107,12 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Only now, holding the data file: another server on the same file
+    // cannot have got this far, so nothing in the base is in use.
+    let files_dir = actions::shell::files_base(&args.data);
+    if let Err(e) = actions::shell::prepare_files_base(&files_dir) {
+        tracing::warn!(path = %files_dir.display(), error = %e, "Cannot prepare the directory for shell actions' files; actions with files: will fail.");
+    }
     let listener = match bind(&args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -221,6 +228,7 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
         metrics.clone(),
         args.workers,
         seed,
+        files_dir,
     );
     let dispatch_stop = CancellationToken::new();
     let dispatch_task = supervisor.watch(

@@ -5,13 +5,16 @@
 use redb::{Database, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::StoreError;
-use super::schema::{META_SCHEMA, SCHEMA_VERSION, WriteTables, load_delivery, v1};
+use super::schema::{META_SCHEMA, SCHEMA_VERSION, WriteTables, group_id, load_delivery, v1};
 use super::types::DeliveryState;
 
 /// Prepares a freshly opened database: creates the tables, checks the schema
 /// version, and turns every `Leased` delivery back into `Pending`, due `now`.
 /// A lease outliving its process means the worker may or may not have run
-/// the action; running it again is the at-least-once promise.
+/// the action; running it again is the at-least-once promise. A leased
+/// delivery whose cancel was requested ends `Cancelled` instead: it is
+/// never run again. Every group with waiting members gets its oldest one
+/// due, since no running member is left to make room on its way out.
 /// Returns the number of pending deliveries.
 pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
     let txn = db.begin_write()?;
@@ -24,7 +27,9 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
         Some(1) => migrate_v1(&txn)?,
         // Layout 3 writes delivery rows in postcard form and still reads the
         // JSON rows of layout 2, so moving up is only the version number.
-        Some(2) => {}
+        // Layout 4 adds tables (created below) and a row form; its rows
+        // are written as they change and the older forms still read.
+        Some(2 | 3) => {}
         Some(v) => {
             return Err(StoreError::Schema {
                 found: v,
@@ -51,14 +56,42 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
         for (until, id) in leased {
             t.leased.remove((until, id))?;
             if let Some(mut rec) = load_delivery(&t.deliveries, id)? {
-                rec.state = DeliveryState::Pending;
                 rec.lease_until_ms = None;
+                if rec.cancel.is_some() {
+                    rec.state = DeliveryState::Cancelled;
+                    t.cancelled.insert(id, ())?;
+                    t.put_delivery(&rec)?;
+                    continue;
+                }
+                rec.state = DeliveryState::Pending;
                 rec.due_at_ms = now;
+                // A group member rejoins its group's queue at its place (ids
+                // are arrival order), ahead of the members that waited.
+                if let Some(slot) = &rec.group {
+                    rec.waited = true;
+                    let gid = group_id(&rec, slot);
+                    t.group_wait.insert((gid.as_str(), id), ())?;
+                } else {
+                    t.due.insert((now, id), ())?;
+                }
                 t.put_delivery(&rec)?;
-                t.due.insert((now, id), ())?;
             }
         }
-        t.due.len()?
+        let mut heads: Vec<(String, u64)> = Vec::new();
+        for item in t.group_wait.iter()? {
+            let (k, _) = item?;
+            let (gid, id) = k.value();
+            if heads.last().is_none_or(|(g, _)| g != gid) {
+                heads.push((gid.to_owned(), id));
+            }
+        }
+        for (gid, id) in heads {
+            t.group_wait.remove((gid.as_str(), id))?;
+            if let Some(rec) = load_delivery(&t.deliveries, id)? {
+                t.due.insert((rec.due_at_ms, id), ())?;
+            }
+        }
+        t.due.len()? + t.group_wait.len()?
     };
     txn.commit()?;
     Ok(pending)

@@ -34,16 +34,16 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use types::{
-    Attempt, AttemptOutcome, BatchStats, Committed, DedupKey, DeliveryCounts, DeliveryDetail,
-    DeliveryId, DeliveryRecord, DeliveryState, EventDetail, EventSummary, FailureContext, Leased,
-    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, ParseStateError, PruneStats, QueueDepth,
-    UnknownOutcome,
+    Attempt, AttemptOutcome, BatchStats, CancelOutcome, Committed, DedupKey, DeliveryCounts,
+    DeliveryDetail, DeliveryId, DeliveryRecord, DeliveryState, EventDetail, EventSummary,
+    FailureContext, FollowUps, GroupSlot, Leased, Leases, MAX_DETAIL_BYTES, NewDelivery, NewEvent,
+    Next, ParseStateError, PruneStats, QueueDepth, Stopper, UnknownOutcome,
 };
 
 use prune::PruneChunk;
 use schema::{
-    ATTEMPTS, DEAD, DELIVERIES, DUE, EVENT_DELIVERIES, EVENTS, LEASED, attempts_of,
-    decode_delivery, delivery_ids_of, load_delivery,
+    ATTEMPTS, DELIVERIES, DUE, EVENT_DELIVERIES, EVENTS, GROUP_WAIT, LEASED, attempts_of,
+    decode_delivery, delivery_ids_of, final_index, load_delivery,
 };
 use writer::{Cmd, Op, Out, Shared};
 
@@ -272,6 +272,20 @@ impl Store {
         limit: usize,
         lease_ms: u64,
     ) -> Result<Vec<Leased>, StoreError> {
+        Ok(self.lease(now_ms, limit, lease_ms).await?.leased)
+    }
+
+    /// [`Store::lease_due`], with the decisions the lease took on the way:
+    /// due deliveries that expired, were cancelled, or were let into their
+    /// group (the oldest waiting member first) or handled by its `on_busy`.
+    /// `stop` names the running deliveries an `on_busy: cancel` marked; the
+    /// caller stops their runs now.
+    pub async fn lease(
+        &self,
+        now_ms: u64,
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<Leases, StoreError> {
         match self
             .call(Op::Lease {
                 now_ms,
@@ -280,8 +294,96 @@ impl Store {
             })
             .await?
         {
-            Out::Leased(rows) => decode_leased(rows),
+            Out::Leased(rows, stop) => Ok(Leases {
+                leased: decode_leased(rows)?,
+                stop,
+            }),
             _ => Err(StoreError::Internal("unexpected answer to lease")),
+        }
+    }
+
+    /// Cancels the unfinished deliveries of an event (of `rule` only, when
+    /// given): waiting ones end `cancelled` now, running ones are marked and
+    /// named in the answer for the caller to stop; they end `cancelled` when
+    /// their attempt is recorded, or at the next open, and never run again.
+    /// Each rule affected runs its `on_cancel` deliveries once for the
+    /// event. Finding nothing to cancel is not an error. Unknown key:
+    /// [`StoreError::UnknownEvent`].
+    pub async fn cancel_event(
+        &self,
+        event_key: &str,
+        rule: Option<&str>,
+        reason: &str,
+    ) -> Result<CancelOutcome, StoreError> {
+        match self
+            .call(Op::CancelEvent {
+                event_key: event_key.to_owned(),
+                rule: rule.map(str::to_owned),
+                reason: reason.to_owned(),
+            })
+            .await?
+        {
+            Out::Cancelled(c) => {
+                self.stop(&c.stopping);
+                Ok(c)
+            }
+            _ => Err(StoreError::Internal("unexpected answer to cancel")),
+        }
+    }
+
+    /// [`Store::cancel_event`] for the unfinished deliveries of `rule` whose
+    /// group key is `key`, whatever their event.
+    pub async fn cancel_group(
+        &self,
+        rule: &str,
+        key: &str,
+        reason: &str,
+    ) -> Result<CancelOutcome, StoreError> {
+        match self
+            .call(Op::CancelGroup {
+                rule: rule.to_owned(),
+                key: key.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?
+        {
+            Out::Cancelled(c) => {
+                self.stop(&c.stopping);
+                Ok(c)
+            }
+            _ => Err(StoreError::Internal("unexpected answer to cancel")),
+        }
+    }
+
+    /// Installs what stops the runs of deliveries a cancel marked (the
+    /// dispatcher's), so every caller of a cancel (API, `cancel:` action)
+    /// stops them at once without knowing who runs them.
+    pub fn set_stopper(&self, stop: Stopper) {
+        match self.inner.shared.stopper.write() {
+            Ok(mut g) => *g = Some(stop),
+            Err(poisoned) => *poisoned.into_inner() = Some(stop),
+        }
+    }
+
+    fn stop(&self, ids: &[DeliveryId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let stopper = match self.inner.shared.stopper.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(stop) = stopper {
+            stop(ids);
+        }
+    }
+
+    /// Installs what the store asks for the follow-ups it decides itself
+    /// (see [`FollowUps`]); until then, it creates none.
+    pub fn set_follow_ups(&self, plan: Arc<dyn FollowUps>) {
+        match self.inner.shared.follow_ups.write() {
+            Ok(mut g) => *g = Some(plan),
+            Err(poisoned) => *poisoned.into_inner() = Some(plan),
         }
     }
 
@@ -516,13 +618,7 @@ impl Store {
             let mut counts = DeliveryCounts::default();
             for id in delivery_ids_of(&event_deliveries, key, row.first_deliveries.clone())? {
                 if let Some(rec) = load_delivery(&deliveries, id)? {
-                    let slot = match rec.state {
-                        DeliveryState::Pending => &mut counts.pending,
-                        DeliveryState::Leased => &mut counts.leased,
-                        DeliveryState::Done => &mut counts.done,
-                        DeliveryState::Dead => &mut counts.dead,
-                    };
-                    *slot += 1;
+                    *counts.slot(rec.state) += 1;
                 }
             }
             out.push(EventSummary {
@@ -541,9 +637,10 @@ impl Store {
 
     /// Up to `limit` deliveries. Blocking.
     ///
-    /// Order depends on what is most useful per state: `None` (all),
-    /// `Done` and `Dead`: newest first (highest id). `Pending`: next due first.
-    /// `Leased`: earliest lease expiry first.
+    /// Order depends on what is most useful per state: `None` (all) and
+    /// the final states: newest first (highest id). `Pending`: next due
+    /// first, then the members waiting in groups. `Leased`: earliest lease
+    /// expiry first.
     pub fn list_deliveries(
         &self,
         state: Option<DeliveryState>,
@@ -572,6 +669,13 @@ impl Store {
                     let (k, _) = item?;
                     ids.push(k.value().1);
                 }
+                if state == Some(DeliveryState::Pending) {
+                    let waiting = txn.open_table(GROUP_WAIT)?;
+                    for item in waiting.iter()?.take(limit.saturating_sub(ids.len())) {
+                        let (k, _) = item?;
+                        ids.push(k.value().1);
+                    }
+                }
             }
             Some(DeliveryState::Done) => {
                 // No index: nearly every delivery ends done, so the newest
@@ -589,11 +693,13 @@ impl Store {
                 }
                 return Ok(out);
             }
-            Some(DeliveryState::Dead) => {
-                let index = txn.open_table(DEAD)?;
-                for item in index.iter()?.rev().take(limit) {
-                    let (k, _) = item?;
-                    ids.push(k.value());
+            Some(other) => {
+                if let Some(def) = final_index(other) {
+                    let index = txn.open_table(def)?;
+                    for item in index.iter()?.rev().take(limit) {
+                        let (k, _) = item?;
+                        ids.push(k.value());
+                    }
                 }
             }
         }
@@ -609,17 +715,27 @@ impl Store {
     /// Deliveries per state in the whole store; O(1). Blocking.
     pub fn queue_depth(&self) -> Result<QueueDepth, StoreError> {
         let txn = self.inner.db.begin_read()?;
-        let pending = txn.open_table(DUE)?.len()?;
-        let leased = txn.open_table(LEASED)?.len()?;
-        let dead = txn.open_table(DEAD)?.len()?;
+        let count = |state: DeliveryState| -> Result<u64, StoreError> {
+            match final_index(state) {
+                Some(def) => Ok(txn.open_table(def)?.len()?),
+                None => Ok(0),
+            }
+        };
+        let mut depth = QueueDepth {
+            pending: txn.open_table(DUE)?.len()? + txn.open_table(GROUP_WAIT)?.len()?,
+            leased: txn.open_table(LEASED)?.len()?,
+            done: 0,
+            dead: count(DeliveryState::Dead)?,
+            skipped: count(DeliveryState::Skipped)?,
+            superseded: count(DeliveryState::Superseded)?,
+            cancelled: count(DeliveryState::Cancelled)?,
+            expired: count(DeliveryState::Expired)?,
+        };
         // `Done` has no index of its own: it is every other delivery.
         let all = txn.open_table(DELIVERIES)?.len()?;
-        Ok(QueueDepth {
-            pending,
-            leased,
-            done: all.saturating_sub(pending + leased + dead),
-            dead,
-        })
+        let others: u64 = DeliveryState::ALL.iter().map(|&s| depth.get(s)).sum();
+        depth.done = all.saturating_sub(others);
+        Ok(depth)
     }
 
     /// When the next lease could find work: the earliest due time of a

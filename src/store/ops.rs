@@ -17,12 +17,16 @@ use redb::ReadableTable;
 use serde::Serialize;
 
 use super::StoreError;
-use super::schema::{WriteTables, event_dedup_key, load_delivery, rule_dedup_key, with_deliveries};
+use super::schema::{
+    WriteTables, decode_event_keys, delivery_ids_of, event_dedup_key, group_id, load_delivery,
+    rule_dedup_key, with_deliveries,
+};
 use super::types::{
-    Attempt, AttemptOutcome, Committed, DeliveryId, DeliveryRecord, DeliveryState,
-    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next,
+    Attempt, AttemptOutcome, CancelOutcome, Committed, DeliveryId, DeliveryRecord, DeliveryState,
+    FailureContext, MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next,
 };
 use crate::clock;
+use crate::rules::{ActionList, OnBusy};
 
 /// Event keys: ULIDs whose timestamp is the receive time, monotonic within
 /// this process so keys sort in commit order even within one millisecond.
@@ -56,6 +60,9 @@ pub(super) struct Effects {
     pub dirty: bool,
     /// Due work was created or rescheduled: wake the dispatcher after commit.
     pub wake: bool,
+    /// A decision was taken that a crash must not undo (a cancel, a skip,
+    /// an expiry...): commit durably even if the op alone would not.
+    pub decided: bool,
 }
 
 /// A leased delivery and its event's stored row.
@@ -160,7 +167,8 @@ enum Indexed {
 }
 
 /// Creates a delivery, `Pending` and due at `due_ms`, or already `Leased`
-/// until `lease_until` (its caller runs it from memory).
+/// until `lease_until` (its caller runs it from memory), or `Dead` when it
+/// could not be planned (`d.error`).
 fn create_delivery(
     t: &mut WriteTables<'_>,
     event_key: &str,
@@ -170,34 +178,233 @@ fn create_delivery(
     index: Indexed,
 ) -> Result<DeliveryRecord, StoreError> {
     let id = t.next_delivery_id()?;
+    let state = if d.error.is_some() {
+        DeliveryState::Dead
+    } else if lease_until.is_some() {
+        DeliveryState::Leased
+    } else {
+        DeliveryState::Pending
+    };
     let rec = DeliveryRecord {
         id,
         event_key: event_key.to_owned(),
         rule: d.rule.clone(),
         action: d.action,
         kind: d.kind,
-        state: if lease_until.is_some() {
-            DeliveryState::Leased
-        } else {
-            DeliveryState::Pending
-        },
+        state,
         attempts: 0,
         due_at_ms: due_ms,
         created_ms: due_ms,
-        lease_until_ms: lease_until,
+        lease_until_ms: lease_until.filter(|_| state == DeliveryState::Leased),
         success: None,
-        last_error: None,
+        last_error: d.error.clone(),
         on_failure: d.on_failure.clone(),
+        list: d.list,
+        then: d.then.clone(),
+        group: d.group.clone(),
+        parent: d.parent,
+        result: d.result.clone(),
+        cancel: None,
+        cancel_reason: d.cancel_reason.clone(),
+        deadline_ms: d.start_within_ms.map(|w| due_ms.saturating_add(w)),
+        waited: false,
     };
     t.put_delivery(&rec)?;
-    match lease_until {
-        Some(until) => t.leased.insert((until, id), ())?,
-        None => t.due.insert((due_ms, id), ())?,
+    match (state, lease_until) {
+        (DeliveryState::Dead, _) => t.dead.insert(id, ())?,
+        (_, Some(until)) => t.leased.insert((until, id), ())?,
+        (_, None) => t.due.insert((due_ms, id), ())?,
     };
     if index == Indexed::Table {
         t.event_deliveries.insert((event_key, id), ())?;
     }
     Ok(rec)
+}
+
+/// Creates follow-ups for an event that already has its row, due now; for
+/// each one created dead (it could not be planned), its rule's
+/// `on_failure` deliveries too. Returns the ids of all of them.
+fn create_follow_ups(
+    t: &mut WriteTables<'_>,
+    event_key: &str,
+    follow_ups: &[NewDelivery],
+    now: u64,
+    fx: &mut Effects,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    let mut ids = Vec::with_capacity(follow_ups.len());
+    for d in follow_ups {
+        let rec = create_delivery(t, event_key, d, now, None, Indexed::Table)?;
+        ids.push(rec.id);
+        fx.dirty = true;
+        fx.wake = true;
+        if rec.state == DeliveryState::Dead {
+            ids.extend(failed_at_birth(t, &rec, now, fx)?);
+        }
+    }
+    Ok(ids)
+}
+
+/// The `on_failure` deliveries of a delivery created dead.
+fn failed_at_birth(
+    t: &mut WriteTables<'_>,
+    rec: &DeliveryRecord,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    let failure = FailureContext {
+        delivery: rec.id,
+        action: rec.action,
+        attempts: 0,
+        last_error: rec.last_error.clone(),
+        reason: None,
+    };
+    on_failure(t, rec, failure, now, fx)
+}
+
+/// Creates `rec`'s rule's `on_failure` deliveries (not for a delivery that
+/// is itself a reaction: those do not chain).
+fn on_failure(
+    t: &mut WriteTables<'_>,
+    rec: &DeliveryRecord,
+    failure: FailureContext,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<Vec<DeliveryId>, StoreError> {
+    if rec.list != ActionList::Actions {
+        return Ok(Vec::new());
+    }
+    let Some(plan) = t.follow_ups.clone() else {
+        return Ok(Vec::new());
+    };
+    let mut ids = Vec::new();
+    for d in plan.on_failure(&rec.rule, &failure) {
+        let created = create_delivery(t, &rec.event_key, &d, now, None, Indexed::Table)?;
+        ids.push(created.id);
+        fx.dirty = true;
+        fx.wake = true;
+    }
+    Ok(ids)
+}
+
+/// Creates `rule`'s `on_cancel` deliveries for the event, unless the event
+/// already has them: they run once per cancelled event.
+fn on_cancel(
+    t: &mut WriteTables<'_>,
+    event_key: &str,
+    rule: &str,
+    reason: &str,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let Some(plan) = t.follow_ups.clone() else {
+        return Ok(());
+    };
+    let Some(first) = t
+        .events
+        .get(event_key)?
+        .map(|g| decode_event_keys(g.value()))
+        .transpose()?
+        .map(|row| row.first_deliveries)
+    else {
+        return Ok(());
+    };
+    for id in delivery_ids_of(&t.event_deliveries, event_key, first)? {
+        if let Some(rec) = load_delivery(&t.deliveries, id)? {
+            if rec.list == ActionList::OnCancel && rec.rule == rule {
+                return Ok(());
+            }
+        }
+    }
+    for d in plan.on_cancel(rule, reason) {
+        create_delivery(t, event_key, &d, now, None, Indexed::Table)?;
+        fx.dirty = true;
+        fx.wake = true;
+    }
+    Ok(())
+}
+
+/// Takes `rec` out of the index of its current state.
+fn unindex(t: &mut WriteTables<'_>, rec: &DeliveryRecord) -> Result<(), StoreError> {
+    match rec.state {
+        DeliveryState::Pending => {
+            t.due.remove((rec.due_at_ms, rec.id))?;
+            if let Some(slot) = &rec.group {
+                let gid = group_id(rec, slot);
+                t.group_wait.remove((gid.as_str(), rec.id))?;
+            }
+        }
+        DeliveryState::Leased => {
+            if let Some(until) = rec.lease_until_ms {
+                t.leased.remove((until, rec.id))?;
+            }
+        }
+        state => {
+            if let Some(table) = t.final_table(state) {
+                table.remove(rec.id)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves `rec` to a final state and stores it. A running group member that
+/// leaves makes room: its group's oldest waiting member becomes due.
+fn end(
+    t: &mut WriteTables<'_>,
+    rec: &mut DeliveryRecord,
+    state: DeliveryState,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let was_running = rec.state == DeliveryState::Leased;
+    unindex(t, rec)?;
+    rec.state = state;
+    rec.lease_until_ms = None;
+    if let Some(table) = t.final_table(state) {
+        table.insert(rec.id, ())?;
+    }
+    t.put_delivery(rec)?;
+    fx.dirty = true;
+    if state != DeliveryState::Done {
+        fx.decided = true;
+    }
+    if was_running {
+        promote(t, rec, fx)?;
+    }
+    Ok(())
+}
+
+/// Makes the oldest waiting member of `rec`'s group due again, at the time
+/// it was due before it waited, so it sorts ahead of every newer member.
+/// Called when a running member leaves its slot.
+pub(super) fn promote(
+    t: &mut WriteTables<'_>,
+    rec: &DeliveryRecord,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let Some(slot) = &rec.group else {
+        return Ok(());
+    };
+    let gid = group_id(rec, slot);
+    promote_group(t, &gid, fx)
+}
+
+fn promote_group(t: &mut WriteTables<'_>, gid: &str, fx: &mut Effects) -> Result<(), StoreError> {
+    let head = t
+        .group_wait
+        .range((gid, 0u64)..=(gid, u64::MAX))?
+        .next()
+        .transpose()?
+        .map(|(k, _)| k.value().1);
+    let Some(id) = head else {
+        return Ok(());
+    };
+    t.group_wait.remove((gid, id))?;
+    if let Some(w) = load_delivery(&t.deliveries, id)? {
+        t.due.insert((w.due_at_ms, id), ())?;
+    }
+    fx.dirty = true;
+    fx.wake = true;
+    Ok(())
 }
 
 /// Records an event and its deliveries. With `lease_ms`, the deliveries are
@@ -248,6 +455,7 @@ pub(super) fn commit(
 
     let mut ids = Vec::with_capacity(ev.deliveries.len());
     let mut leased = Vec::new();
+    let mut dead = Vec::new();
     for d in &ev.deliveries {
         let skip = d
             .dedup_key
@@ -265,7 +473,9 @@ pub(super) fn commit(
             Indexed::InRow,
         )?;
         ids.push(rec.id);
-        if lease_ms.is_some() {
+        if rec.state == DeliveryState::Dead {
+            dead.push(rec);
+        } else if lease_ms.is_some() {
             leased.push(rec);
         }
     }
@@ -282,6 +492,11 @@ pub(super) fn commit(
             t.events.insert(key.as_str(), row)?;
         }
     }
+    // Deliveries that could not be planned are dead already; their rule's
+    // on_failure deliveries come after the event's run of ids.
+    for rec in &dead {
+        failed_at_birth(t, rec, at, fx)?;
+    }
     // Leased deliveries are the caller's to run; only queued ones need the
     // dispatcher to look.
     if !ids.is_empty() && lease_ms.is_none() {
@@ -296,16 +511,68 @@ pub(super) fn commit(
     ))
 }
 
-/// [`Store::lease_due`](super::Store::lease_due) inside the writer's transaction.
+/// What one lease found: deliveries to run, and running ones a group's
+/// `on_busy: cancel` marked to stop.
+#[derive(Default)]
+pub(super) struct LeaseOut {
+    pub rows: Vec<LeasedRow>,
+    pub stop: Vec<DeliveryId>,
+}
+
+/// The running members of each group, worked out once per lease from the
+/// `leased` index, then kept up to date as the lease goes.
+#[derive(Default)]
+struct Running {
+    by_group: Option<HashMap<String, Vec<DeliveryId>>>,
+}
+
+impl Running {
+    fn of<'a>(
+        &'a mut self,
+        t: &WriteTables<'_>,
+        gid: &str,
+    ) -> Result<&'a mut Vec<DeliveryId>, StoreError> {
+        if self.by_group.is_none() {
+            let mut map: HashMap<String, Vec<DeliveryId>> = HashMap::new();
+            for item in t.leased.iter()? {
+                let (k, _) = item?;
+                let id = k.value().1;
+                if let Some(rec) = load_delivery(&t.deliveries, id)? {
+                    if let Some(slot) = &rec.group {
+                        map.entry(group_id(&rec, slot)).or_default().push(id);
+                    }
+                }
+            }
+            self.by_group = Some(map);
+        }
+        Ok(self
+            .by_group
+            .get_or_insert_with(HashMap::new)
+            .entry(gid.to_owned())
+            .or_default())
+    }
+}
+
+/// Why a running member of a group with `on_busy: cancel` is stopped.
+pub(super) const REASON_NEWER: &str = "a newer delivery of its group";
+
+/// [`Store::lease`](super::Store::lease) inside the writer's transaction.
+///
+/// Each due delivery, in (due time, id) order, is decided here: expired (no
+/// attempt started within its `start_within`), cancelled (its cancel request
+/// outlived its lease), admitted to its group (which then leases its oldest
+/// waiting members while it has room), or, its group full, handled by the
+/// group's `on_busy`.
 pub(super) fn lease(
     t: &mut WriteTables<'_>,
     now: u64,
     limit: usize,
     lease_ms: u64,
     fx: &mut Effects,
-) -> Result<Vec<LeasedRow>, StoreError> {
+) -> Result<LeaseOut, StoreError> {
+    let mut out = LeaseOut::default();
     if limit == 0 {
-        return Ok(Vec::new());
+        return Ok(out);
     }
     // Candidates: pending deliveries due by now, and leases that ran out
     // (their expiry is their due time). Both indexes are sorted by
@@ -326,49 +593,246 @@ pub(super) fn lease(
 
     let until = now.saturating_add(lease_ms);
     let mut rows: HashMap<String, Arc<Vec<u8>>> = HashMap::new();
-    let mut out = Vec::with_capacity(candidates.len());
+    let mut running = Running::default();
     for (at, id, was_leased) in candidates {
-        if was_leased {
-            t.leased.remove((at, id))?;
+        if out.rows.len() >= limit {
+            break;
+        }
+        // An earlier decision of this lease may have taken the entry.
+        let removed = if was_leased {
+            t.leased.remove((at, id))?.is_some()
         } else {
-            t.due.remove((at, id))?;
+            t.due.remove((at, id))?.is_some()
+        };
+        if !removed {
+            continue;
         }
         fx.dirty = true;
         let Some(mut rec) = load_delivery(&t.deliveries, id)? else {
             tracing::warn!(delivery = id, "index entry without delivery row; dropped");
             continue;
         };
-        let cached = rows.get(&rec.event_key).cloned();
-        let found = match cached {
-            Some(r) => Some(r),
-            None => t
-                .events
-                .get(rec.event_key.as_str())?
-                .map(|g| Arc::new(g.value().to_vec())),
-        };
-        let row = match found {
-            Some(r) => {
-                rows.insert(rec.event_key.clone(), r.clone());
-                r
-            }
-            None => {
-                // Cannot run without its event; park it where people look.
-                tracing::warn!(delivery = id, event = %rec.event_key, "delivery without event; marked dead");
-                rec.state = DeliveryState::Dead;
-                rec.lease_until_ms = None;
-                rec.last_error = Some("event record missing".to_owned());
-                t.put_delivery(&rec)?;
-                t.dead.insert(id, ())?;
+        if was_leased {
+            if rec.cancel.is_some() {
+                // Put back so `end` finds it where its state says.
+                t.leased.insert((at, id), ())?;
+                if let Some(r) = running.by_group.as_mut() {
+                    for ids in r.values_mut() {
+                        ids.retain(|&x| x != id);
+                    }
+                }
+                end(t, &mut rec, DeliveryState::Cancelled, fx)?;
                 continue;
             }
+            grant(t, &mut rec, until, &mut rows, &mut out)?;
+            continue;
+        }
+        if expire_if_late(t, &mut rec, now, fx)? {
+            continue;
+        }
+        let Some(slot) = rec.group.clone() else {
+            grant(t, &mut rec, until, &mut rows, &mut out)?;
+            continue;
         };
-        rec.state = DeliveryState::Leased;
-        rec.lease_until_ms = Some(until);
+        let gid = group_id(&rec, &slot);
+        let first_time = rec.attempts == 0 && !rec.waited;
+        rec.waited = true;
         t.put_delivery(&rec)?;
-        t.leased.insert((until, id), ())?;
-        out.push((rec, row));
+        t.group_wait.insert((gid.as_str(), id), ())?;
+        let full = running.of(t, &gid)?.len() >= slot.limit as usize;
+        if !full {
+            admit(
+                t,
+                &gid,
+                slot.limit,
+                now,
+                until,
+                &mut running,
+                &mut rows,
+                &mut out,
+                limit,
+                fx,
+            )?;
+            continue;
+        }
+        if !first_time {
+            continue;
+        }
+        match slot.on_busy {
+            OnBusy::Queue => {}
+            OnBusy::Replace => supersede_waiting(t, &gid, id, fx)?,
+            OnBusy::Cancel => {
+                supersede_waiting(t, &gid, id, fx)?;
+                let members = running.of(t, &gid)?.clone();
+                for member in members {
+                    if let Some(mut m) = load_delivery(&t.deliveries, member)? {
+                        if m.cancel.is_none() {
+                            m.cancel = Some(REASON_NEWER.to_owned());
+                            t.put_delivery(&m)?;
+                            fx.decided = true;
+                            on_cancel(t, &m.event_key, &m.rule, REASON_NEWER, now, fx)?;
+                            out.stop.push(member);
+                        }
+                    }
+                }
+            }
+            OnBusy::Skip => {
+                rec.last_error = Some("its group was busy".to_owned());
+                end(t, &mut rec, DeliveryState::Skipped, fx)?;
+            }
+        }
     }
     Ok(out)
+}
+
+/// Leases the oldest waiting members of group `gid` while it has room and
+/// the lease its budget. If members still wait in a group with room (the
+/// budget ran out), the oldest is made due again so the next lease sees it.
+#[allow(clippy::too_many_arguments)]
+fn admit(
+    t: &mut WriteTables<'_>,
+    gid: &str,
+    group_limit: u32,
+    now: u64,
+    until: u64,
+    running: &mut Running,
+    rows: &mut HashMap<String, Arc<Vec<u8>>>,
+    out: &mut LeaseOut,
+    budget: usize,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    loop {
+        if running.of(t, gid)?.len() >= group_limit as usize {
+            return Ok(());
+        }
+        let head = t
+            .group_wait
+            .range((gid, 0u64)..=(gid, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(k, _)| k.value().1);
+        let Some(id) = head else {
+            return Ok(());
+        };
+        if out.rows.len() >= budget {
+            return promote_group(t, gid, fx);
+        }
+        t.group_wait.remove((gid, id))?;
+        let Some(mut rec) = load_delivery(&t.deliveries, id)? else {
+            continue;
+        };
+        // Not in `group_wait` any more: take it out of nothing else.
+        if expire_if_late_unindexed(t, &mut rec, now, fx)? {
+            continue;
+        }
+        if grant(t, &mut rec, until, rows, out)? {
+            running.of(t, gid)?.push(id);
+        }
+    }
+}
+
+/// Marks every waiting member of group `gid` but `keep` superseded.
+fn supersede_waiting(
+    t: &mut WriteTables<'_>,
+    gid: &str,
+    keep: DeliveryId,
+    fx: &mut Effects,
+) -> Result<(), StoreError> {
+    let mut waiting = Vec::new();
+    for item in t.group_wait.range((gid, 0u64)..=(gid, u64::MAX))? {
+        let (k, _) = item?;
+        let id = k.value().1;
+        if id != keep {
+            waiting.push(id);
+        }
+    }
+    for id in waiting {
+        if let Some(mut rec) = load_delivery(&t.deliveries, id)? {
+            rec.last_error = Some(format!("superseded by delivery {keep}"));
+            end(t, &mut rec, DeliveryState::Superseded, fx)?;
+        }
+    }
+    Ok(())
+}
+
+/// Marks a pending delivery `Expired` if its start deadline passed before
+/// any attempt started, and creates its rule's `on_failure` deliveries with
+/// `failure.reason: expired`. Says whether it did.
+fn expire_if_late(
+    t: &mut WriteTables<'_>,
+    rec: &mut DeliveryRecord,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<bool, StoreError> {
+    let late = rec.attempts == 0 && rec.deadline_ms.is_some_and(|d| now > d);
+    if !late {
+        return Ok(false);
+    }
+    rec.last_error = Some("not started within start_within".to_owned());
+    end(t, rec, DeliveryState::Expired, fx)?;
+    let failure = FailureContext {
+        delivery: rec.id,
+        action: rec.action,
+        attempts: 0,
+        last_error: rec.last_error.clone(),
+        reason: Some("expired".to_owned()),
+    };
+    on_failure(t, rec, failure, now, fx)?;
+    Ok(true)
+}
+
+/// [`expire_if_late`] for a delivery already out of every index.
+fn expire_if_late_unindexed(
+    t: &mut WriteTables<'_>,
+    rec: &mut DeliveryRecord,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<bool, StoreError> {
+    // `end` removes the due and group_wait entries, which are gone already;
+    // removing a missing entry is harmless.
+    expire_if_late(t, rec, now, fx)
+}
+
+/// Leases `rec` (already out of the due or leased index) with its event's
+/// row. Says whether it did: a delivery without its event is parked dead.
+fn grant(
+    t: &mut WriteTables<'_>,
+    rec: &mut DeliveryRecord,
+    until: u64,
+    rows: &mut HashMap<String, Arc<Vec<u8>>>,
+    out: &mut LeaseOut,
+) -> Result<bool, StoreError> {
+    let id = rec.id;
+    let cached = rows.get(&rec.event_key).cloned();
+    let found = match cached {
+        Some(r) => Some(r),
+        None => t
+            .events
+            .get(rec.event_key.as_str())?
+            .map(|g| Arc::new(g.value().to_vec())),
+    };
+    let row = match found {
+        Some(r) => {
+            rows.insert(rec.event_key.clone(), r.clone());
+            r
+        }
+        None => {
+            // Cannot run without its event; park it where people look.
+            tracing::warn!(delivery = id, event = %rec.event_key, "delivery without event; marked dead");
+            rec.state = DeliveryState::Dead;
+            rec.lease_until_ms = None;
+            rec.last_error = Some("event record missing".to_owned());
+            t.put_delivery(rec)?;
+            t.dead.insert(id, ())?;
+            return Ok(false);
+        }
+    };
+    rec.state = DeliveryState::Leased;
+    rec.lease_until_ms = Some(until);
+    t.put_delivery(rec)?;
+    t.leased.insert((until, id), ())?;
+    out.rows.push((rec.clone(), row));
+    Ok(true)
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary.
@@ -384,6 +848,11 @@ fn truncate(s: &mut String, max: usize) {
 
 /// [`Store::finish_with`](super::Store::finish_with) inside the writer's
 /// transaction; returns the ids of the follow-ups it created.
+///
+/// A delivery whose cancel was requested ends `Cancelled` whatever the
+/// attempt did (the attempt stays in its history), and none of the
+/// follow-ups are created. A success creates them (the `then:` children) in
+/// this same commit, so they exist if and only if the success is recorded.
 pub(super) fn finish(
     t: &mut WriteTables<'_>,
     id: DeliveryId,
@@ -399,18 +868,27 @@ pub(super) fn finish(
     if !follow_ups.is_empty() && t.events.get(rec.event_key.as_str())?.is_none() {
         return Err(StoreError::UnknownEvent(rec.event_key));
     }
+    fx.dirty = true;
+    if next == Next::Skipped {
+        // Nothing ran: no attempt to record.
+        if !rec.state.is_final() {
+            rec.last_error = attempt.detail.clone();
+            end(t, &mut rec, DeliveryState::Skipped, fx)?;
+        }
+        return Ok(Vec::new());
+    }
 
     let mut attempt = attempt.clone();
     if let Some(detail) = &mut attempt.detail {
         truncate(detail, MAX_DETAIL_BYTES);
     }
     let n = rec.attempts.saturating_add(1);
-    if rec.state.is_final() || next != Next::Done {
+    let cancelled = rec.cancel.is_some() && !rec.state.is_final();
+    if rec.state.is_final() || next != Next::Done || cancelled {
         t.attempts
             .insert((id, n), serde_json::to_vec(&attempt)?.as_slice())?;
     }
     rec.attempts = n;
-    fx.dirty = true;
     if attempt.outcome != AttemptOutcome::Ok {
         rec.last_error = Some(match (&attempt.detail, attempt.status) {
             (Some(d), _) => d.clone(),
@@ -420,50 +898,153 @@ pub(super) fn finish(
     }
 
     if rec.state.is_final() {
-        // A worker whose lease ran out finished after another one did: keep
-        // its attempt for the record, but the first decision stands and its
-        // follow-ups were already created.
+        // A worker whose lease ran out finished after another one did (or
+        // after a cancel decided): keep its attempt for the record, but the
+        // first decision stands and its follow-ups were already created.
         tracing::debug!(delivery = id, state = %rec.state, "finish on a finished delivery; attempt recorded only");
         t.put_delivery(&rec)?;
         return Ok(Vec::new());
     }
-    match rec.state {
-        DeliveryState::Pending => {
-            t.due.remove((rec.due_at_ms, id))?;
-        }
-        DeliveryState::Leased => {
-            if let Some(until) = rec.lease_until_ms {
-                t.leased.remove((until, id))?;
-            }
-        }
-        DeliveryState::Done | DeliveryState::Dead => {}
+    if cancelled {
+        end(t, &mut rec, DeliveryState::Cancelled, fx)?;
+        return Ok(Vec::new());
     }
-    rec.lease_until_ms = None;
     match next {
         Next::Done => {
-            rec.state = DeliveryState::Done;
             rec.success = Some(attempt);
+            end(t, &mut rec, DeliveryState::Done, fx)?;
         }
+        Next::Dead => end(t, &mut rec, DeliveryState::Dead, fx)?,
         Next::RetryAt(at) => {
+            let was_running = rec.state == DeliveryState::Leased;
+            unindex(t, &rec)?;
+            rec.lease_until_ms = None;
             rec.state = DeliveryState::Pending;
             rec.due_at_ms = at;
             t.due.insert((at, id), ())?;
+            t.put_delivery(&rec)?;
             // The dispatcher may be sleeping past `at`.
             fx.wake = true;
+            if was_running {
+                promote(t, &rec, fx)?;
+            }
         }
-        Next::Dead => {
-            rec.state = DeliveryState::Dead;
-            t.dead.insert(id, ())?;
-        }
+        Next::Skipped => {}
     }
-    t.put_delivery(&rec)?;
+    create_follow_ups(t, &rec.event_key, follow_ups, now, fx)
+}
 
-    let mut ids = Vec::with_capacity(follow_ups.len());
-    for d in follow_ups {
-        ids.push(create_delivery(t, &rec.event_key, d, now, None, Indexed::Table)?.id);
-        fx.wake = true;
+/// Cancels the deliveries `targets` picks among `candidates`: a waiting one
+/// ends `Cancelled` now; a running one is marked (it ends `Cancelled` when
+/// its attempt is recorded, or when the store reopens) and reported to be
+/// stopped. Each affected (event, rule) gets its `on_cancel` deliveries once.
+fn cancel_each(
+    t: &mut WriteTables<'_>,
+    candidates: Vec<DeliveryId>,
+    targets: &dyn Fn(&DeliveryRecord) -> bool,
+    reason: &str,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<CancelOutcome, StoreError> {
+    let mut out = CancelOutcome::default();
+    let mut reacted: HashSet<(String, String)> = HashSet::new();
+    for id in candidates {
+        let Some(mut rec) = load_delivery(&t.deliveries, id)? else {
+            continue;
+        };
+        if rec.state.is_final() || rec.list == ActionList::OnCancel || !targets(&rec) {
+            continue;
+        }
+        match rec.state {
+            DeliveryState::Leased => {
+                if rec.cancel.is_some() {
+                    continue;
+                }
+                rec.cancel = Some(reason.to_owned());
+                t.put_delivery(&rec)?;
+                fx.dirty = true;
+                fx.decided = true;
+                out.stopping.push(id);
+            }
+            _ => {
+                rec.cancel = Some(reason.to_owned());
+                end(t, &mut rec, DeliveryState::Cancelled, fx)?;
+            }
+        }
+        out.cancelled += 1;
+        if reacted.insert((rec.event_key.clone(), rec.rule.clone())) {
+            on_cancel(t, &rec.event_key, &rec.rule, reason, now, fx)?;
+        }
     }
-    Ok(ids)
+    Ok(out)
+}
+
+/// [`Store::cancel_event`](super::Store::cancel_event) inside the writer's
+/// transaction.
+pub(super) fn cancel_event(
+    t: &mut WriteTables<'_>,
+    event_key: &str,
+    rule: Option<&str>,
+    reason: &str,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<CancelOutcome, StoreError> {
+    let Some(row) = t
+        .events
+        .get(event_key)?
+        .map(|g| decode_event_keys(g.value()))
+        .transpose()?
+    else {
+        return Err(StoreError::UnknownEvent(event_key.to_owned()));
+    };
+    let ids = delivery_ids_of(&t.event_deliveries, event_key, row.first_deliveries)?;
+    cancel_each(
+        t,
+        ids,
+        &|rec| rule.is_none_or(|r| r == rec.rule),
+        reason,
+        now,
+        fx,
+    )
+}
+
+/// [`Store::cancel_group`](super::Store::cancel_group) inside the writer's
+/// transaction: every unfinished delivery of `rule` whose group key is
+/// `key`, found from the indexes of unfinished deliveries.
+pub(super) fn cancel_group(
+    t: &mut WriteTables<'_>,
+    rule: &str,
+    key: &str,
+    reason: &str,
+    now: u64,
+    fx: &mut Effects,
+) -> Result<CancelOutcome, StoreError> {
+    let mut ids = Vec::new();
+    for item in t.leased.iter()? {
+        ids.push(item?.0.value().1);
+    }
+    for item in t.due.iter()? {
+        ids.push(item?.0.value().1);
+    }
+    let prefix = format!("{rule}\u{0}");
+    for item in t.group_wait.range((prefix.as_str(), 0u64)..)? {
+        let (k, _) = item?;
+        let (gid, id) = k.value();
+        if !gid.starts_with(&prefix) {
+            break;
+        }
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    cancel_each(
+        t,
+        ids,
+        &|rec| rec.rule == rule && rec.group.as_ref().is_some_and(|g| g.key == key),
+        reason,
+        now,
+        fx,
+    )
 }
 
 /// [`Store::replay`](super::Store::replay) inside the writer's transaction.
@@ -477,11 +1058,5 @@ pub(super) fn replay(
     if t.events.get(event_key)?.is_none() {
         return Err(StoreError::UnknownEvent(event_key.to_owned()));
     }
-    let mut ids = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        ids.push(create_delivery(t, event_key, d, now, None, Indexed::Table)?.id);
-        fx.dirty = true;
-        fx.wake = true;
-    }
-    Ok(ids)
+    create_follow_ups(t, event_key, deliveries, now, fx)
 }

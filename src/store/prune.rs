@@ -111,10 +111,17 @@ fn prune_event(
             false
         })?;
         stats.attempts += removed;
-        if let Some(rec) = rec {
-            stats.attempts += u64::from(rec.success.is_some());
+        match rec {
+            Some(rec) => {
+                stats.attempts += u64::from(rec.success.is_some());
+                if let Some(table) = t.final_table(rec.state) {
+                    table.remove(id)?;
+                }
+            }
+            None => {
+                t.dead.remove(id)?;
+            }
         }
-        t.dead.remove(id)?;
         t.deliveries.remove(id)?;
         t.event_deliveries.remove((key, id))?;
         stats.deliveries += 1;

@@ -17,6 +17,8 @@
 //! | `due`              | (due ms, id)           | ()                   | exactly the `Pending` deliveries |
 //! | `leased`           | (lease until ms, id)   | ()                   | exactly the `Leased` deliveries |
 //! | `dead`             | id                     | ()                   | exactly the `Dead` deliveries |
+//! | `skipped`, `superseded`, `cancelled`, `expired` | id | ()         | exactly the deliveries in that final state |
+//! | `group_wait`       | (group id, id)         | ()                   | `Pending` group members waiting for room, oldest first |
 //! | `attempts`         | (id, attempt number)   | JSON `Attempt`       | attempts that did not end a delivery as done |
 //! | `meta`             | name                   | u64                  | `next_delivery_id` floor, `schema_version` |
 //!
@@ -37,9 +39,9 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::types::{Attempt, DeliveryId, DeliveryRecord};
+use super::types::{Attempt, DeliveryId, DeliveryRecord, DeliveryState, FollowUps, GroupSlot};
 use crate::event::Event;
-use crate::rules::ActionType;
+use crate::rules::{ActionList, ActionType};
 
 pub(super) const EVENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("events");
 pub(super) const EVENT_DELIVERIES: TableDefinition<(&str, u64), ()> =
@@ -50,6 +52,13 @@ pub(super) const DELIVERIES: TableDefinition<u64, &[u8]> = TableDefinition::new(
 pub(super) const DUE: TableDefinition<(u64, u64), ()> = TableDefinition::new("due");
 pub(super) const LEASED: TableDefinition<(u64, u64), ()> = TableDefinition::new("leased");
 pub(super) const DEAD: TableDefinition<u64, ()> = TableDefinition::new("dead");
+pub(super) const SKIPPED: TableDefinition<u64, ()> = TableDefinition::new("skipped");
+pub(super) const SUPERSEDED: TableDefinition<u64, ()> = TableDefinition::new("superseded");
+pub(super) const CANCELLED: TableDefinition<u64, ()> = TableDefinition::new("cancelled");
+pub(super) const EXPIRED: TableDefinition<u64, ()> = TableDefinition::new("expired");
+/// Waiting members of a group, keyed by [`group_id`] then delivery id, so the
+/// first entry of a group is its oldest waiting member (arrival order).
+pub(super) const GROUP_WAIT: TableDefinition<(&str, u64), ()> = TableDefinition::new("group_wait");
 pub(super) const ATTEMPTS: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("attempts");
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -60,7 +69,7 @@ pub(super) const META_NEXT_ID: &str = "next_delivery_id";
 /// `meta` key of the layout version; bumped when rows or tables change shape
 /// so an older binary refuses a newer file instead of misreading it.
 pub(super) const META_SCHEMA: &str = "schema_version";
-pub(super) const SCHEMA_VERSION: u64 = 3;
+pub(super) const SCHEMA_VERSION: u64 = 4;
 
 /// Tables of layout version 1 that version 2 replaced; `migrate::prepare`
 /// migrates them.
@@ -99,6 +108,36 @@ pub(super) fn event_dedup_key(key: &str) -> String {
     format!("e\u{0}{key}")
 }
 
+/// The index table of a final state other than `Done` (which has none).
+pub(super) fn final_index(state: DeliveryState) -> Option<TableDefinition<'static, u64, ()>> {
+    match state {
+        DeliveryState::Dead => Some(DEAD),
+        DeliveryState::Skipped => Some(SKIPPED),
+        DeliveryState::Superseded => Some(SUPERSEDED),
+        DeliveryState::Cancelled => Some(CANCELLED),
+        DeliveryState::Expired => Some(EXPIRED),
+        DeliveryState::Pending | DeliveryState::Leased | DeliveryState::Done => None,
+    }
+}
+
+/// The identity of a group: the same action of the same rule with the same
+/// rendered key. NUL separates the parts; a rule name never holds one.
+pub(super) fn group_id(rec: &DeliveryRecord, slot: &GroupSlot) -> String {
+    let mut id = format!(
+        "{}\u{0}{}\u{0}{}",
+        rec.rule,
+        super::types::list_word::word(rec.list),
+        rec.action
+    );
+    for i in &rec.then {
+        id.push('.');
+        id.push_str(&i.to_string());
+    }
+    id.push('\u{0}');
+    id.push_str(&slot.key);
+    id
+}
+
 /// Namespaced key of a rule-level dedup entry, scoped to the rule.
 pub(super) fn rule_dedup_key(rule: &str, key: &str) -> String {
     format!("r\u{0}{rule}\u{0}{key}")
@@ -115,12 +154,20 @@ pub(super) struct WriteTables<'t> {
     pub due: redb::Table<'t, (u64, u64), ()>,
     pub leased: redb::Table<'t, (u64, u64), ()>,
     pub dead: redb::Table<'t, u64, ()>,
+    pub skipped: redb::Table<'t, u64, ()>,
+    pub superseded: redb::Table<'t, u64, ()>,
+    pub cancelled: redb::Table<'t, u64, ()>,
+    pub expired: redb::Table<'t, u64, ()>,
+    pub group_wait: redb::Table<'t, (&'static str, u64), ()>,
     pub attempts: redb::Table<'t, (u64, u32), &'static [u8]>,
     pub meta: redb::Table<'t, &'static str, u64>,
     /// The next delivery id, worked out on first use in the transaction.
     next_id: Option<u64>,
     /// The id floor in `meta` was raised in this transaction.
     floor_raised: bool,
+    /// Where on_failure and on_cancel deliveries decided in the transaction
+    /// come from; none when no rules are loaded (then none are created).
+    pub follow_ups: Option<std::sync::Arc<dyn FollowUps>>,
 }
 
 impl<'t> WriteTables<'t> {
@@ -135,11 +182,29 @@ impl<'t> WriteTables<'t> {
             due: txn.open_table(DUE)?,
             leased: txn.open_table(LEASED)?,
             dead: txn.open_table(DEAD)?,
+            skipped: txn.open_table(SKIPPED)?,
+            superseded: txn.open_table(SUPERSEDED)?,
+            cancelled: txn.open_table(CANCELLED)?,
+            expired: txn.open_table(EXPIRED)?,
+            group_wait: txn.open_table(GROUP_WAIT)?,
             attempts: txn.open_table(ATTEMPTS)?,
             meta: txn.open_table(META)?,
             next_id: None,
             floor_raised: false,
+            follow_ups: None,
         })
+    }
+
+    /// The index table of a final state, if it has one.
+    pub fn final_table(&mut self, state: DeliveryState) -> Option<&mut redb::Table<'t, u64, ()>> {
+        match state {
+            DeliveryState::Dead => Some(&mut self.dead),
+            DeliveryState::Skipped => Some(&mut self.skipped),
+            DeliveryState::Superseded => Some(&mut self.superseded),
+            DeliveryState::Cancelled => Some(&mut self.cancelled),
+            DeliveryState::Expired => Some(&mut self.expired),
+            DeliveryState::Pending | DeliveryState::Leased | DeliveryState::Done => None,
+        }
     }
 
     pub fn put_delivery(&mut self, rec: &DeliveryRecord) -> Result<(), StoreError> {
@@ -192,14 +257,23 @@ pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Res
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(format!("{what}: {e}")))
 }
 
-/// First byte of a delivery row in postcard form. Older rows are JSON and
-/// start with `{`; both read.
+/// First byte of a delivery row in postcard form as layout 3 wrote it.
+/// Older rows are JSON and start with `{`; every form reads.
 const DELIVERY_POSTCARD: u8 = 2;
+/// First byte of a delivery row in postcard form with the agent fields
+/// (layout 4). Rows are rewritten in this form when they next change.
+const DELIVERY_POSTCARD_V4: u8 = 3;
 
 /// Encodes a delivery row. Every delivery row is written at least twice
 /// (created, then finished) and read once in between, all on the writer
 /// thread, which is what bounds ingest; postcard costs a fraction of JSON.
 pub(super) fn encode_delivery(rec: &DeliveryRecord) -> Result<Vec<u8>, StoreError> {
+    // postcard cannot write a self-describing JSON value; the result
+    // context goes in as JSON text.
+    let result = match &rec.result {
+        Some(v) => Some(serde_json::to_string(v)?),
+        None => None,
+    };
     let row = DeliveryRowRef {
         id: rec.id,
         event_key: &rec.event_key,
@@ -214,17 +288,30 @@ pub(super) fn encode_delivery(rec: &DeliveryRecord) -> Result<Vec<u8>, StoreErro
         last_error: rec.last_error.as_deref(),
         on_failure: rec.on_failure.as_ref(),
         success: rec.success.as_ref(),
+        list: rec.list,
+        then: &rec.then,
+        group: rec.group.as_ref(),
+        parent: rec.parent,
+        result: result.as_deref(),
+        cancel: rec.cancel.as_deref(),
+        cancel_reason: rec.cancel_reason.as_deref(),
+        deadline_ms: rec.deadline_ms,
+        waited: rec.waited,
     };
-    postcard::to_extend(&row, vec![DELIVERY_POSTCARD])
+    postcard::to_extend(&row, vec![DELIVERY_POSTCARD_V4])
         .map_err(|_| StoreError::Internal("a delivery row did not encode"))
 }
 
-/// Decodes a delivery row in either form.
+/// Decodes a delivery row in any form.
 pub(super) fn decode_delivery(bytes: &[u8]) -> Result<DeliveryRecord, StoreError> {
+    let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("delivery row: {e}"));
     match bytes.split_first() {
-        Some((&DELIVERY_POSTCARD, rest)) => {
-            let r: DeliveryRow = postcard::from_bytes(rest)
-                .map_err(|e| StoreError::Corrupt(format!("delivery row: {e}")))?;
+        Some((&DELIVERY_POSTCARD_V4, rest)) => {
+            let r: DeliveryRow = postcard::from_bytes(rest).map_err(corrupt)?;
+            let result = match r.result {
+                Some(text) => Some(decode(text.as_bytes(), "delivery result")?),
+                None => None,
+            };
             Ok(DeliveryRecord {
                 id: r.id,
                 event_key: r.event_key,
@@ -239,9 +326,63 @@ pub(super) fn decode_delivery(bytes: &[u8]) -> Result<DeliveryRecord, StoreError
                 last_error: r.last_error,
                 on_failure: r.on_failure,
                 success: r.success,
+                list: r.list,
+                then: r.then,
+                group: r.group,
+                parent: r.parent,
+                result,
+                cancel: r.cancel,
+                cancel_reason: r.cancel_reason,
+                deadline_ms: r.deadline_ms,
+                waited: r.waited,
             })
         }
-        _ => decode(bytes, "delivery row"),
+        Some((&DELIVERY_POSTCARD, rest)) => {
+            let r: DeliveryRowV3 = postcard::from_bytes(rest).map_err(corrupt)?;
+            let on_failure = r.on_failure.map(|f| super::types::FailureContext {
+                delivery: f.delivery,
+                action: f.action,
+                attempts: f.attempts,
+                last_error: f.last_error,
+                reason: None,
+            });
+            Ok(DeliveryRecord {
+                id: r.id,
+                event_key: r.event_key,
+                rule: r.rule,
+                action: r.action,
+                kind: r.kind,
+                state: r.state,
+                attempts: r.attempts,
+                due_at_ms: r.due_at_ms,
+                created_ms: r.created_ms,
+                lease_until_ms: r.lease_until_ms,
+                last_error: r.last_error,
+                list: if on_failure.is_some() {
+                    ActionList::OnFailure
+                } else {
+                    ActionList::Actions
+                },
+                on_failure,
+                success: r.success,
+                then: Vec::new(),
+                group: None,
+                parent: None,
+                result: None,
+                cancel: None,
+                cancel_reason: None,
+                deadline_ms: None,
+                waited: false,
+            })
+        }
+        _ => {
+            let mut rec: DeliveryRecord = decode(bytes, "delivery row")?;
+            // Before the list was stored, an on_failure context said it.
+            if rec.on_failure.is_some() {
+                rec.list = ActionList::OnFailure;
+            }
+            Ok(rec)
+        }
     }
 }
 
@@ -255,7 +396,7 @@ struct DeliveryRowRef<'a> {
     rule: &'a str,
     action: u32,
     kind: ActionType,
-    state: super::types::DeliveryState,
+    state: DeliveryState,
     attempts: u32,
     due_at_ms: u64,
     created_ms: u64,
@@ -263,6 +404,16 @@ struct DeliveryRowRef<'a> {
     last_error: Option<&'a str>,
     on_failure: Option<&'a super::types::FailureContext>,
     success: Option<&'a Attempt>,
+    #[serde(with = "super::types::list_word")]
+    list: ActionList,
+    then: &'a [u32],
+    group: Option<&'a GroupSlot>,
+    parent: Option<u64>,
+    result: Option<&'a str>,
+    cancel: Option<&'a str>,
+    cancel_reason: Option<&'a str>,
+    deadline_ms: Option<u64>,
+    waited: bool,
 }
 
 /// The owned twin of [`DeliveryRowRef`], for reading.
@@ -273,7 +424,7 @@ struct DeliveryRow {
     rule: String,
     action: u32,
     kind: ActionType,
-    state: super::types::DeliveryState,
+    state: DeliveryState,
     attempts: u32,
     due_at_ms: u64,
     created_ms: u64,
@@ -281,6 +432,43 @@ struct DeliveryRow {
     last_error: Option<String>,
     on_failure: Option<super::types::FailureContext>,
     success: Option<Attempt>,
+    #[serde(with = "super::types::list_word")]
+    list: ActionList,
+    then: Vec<u32>,
+    group: Option<GroupSlot>,
+    parent: Option<u64>,
+    result: Option<String>,
+    cancel: Option<String>,
+    cancel_reason: Option<String>,
+    deadline_ms: Option<u64>,
+    waited: bool,
+}
+
+/// A delivery row as layout 3 wrote it (tag [`DELIVERY_POSTCARD`]).
+#[derive(Deserialize)]
+struct DeliveryRowV3 {
+    id: u64,
+    event_key: String,
+    rule: String,
+    action: u32,
+    kind: ActionType,
+    state: DeliveryState,
+    attempts: u32,
+    due_at_ms: u64,
+    created_ms: u64,
+    lease_until_ms: Option<u64>,
+    last_error: Option<String>,
+    on_failure: Option<FailureContextV3>,
+    success: Option<Attempt>,
+}
+
+/// A failure context as layout 3 wrote it, before `reason`.
+#[derive(Deserialize)]
+struct FailureContextV3 {
+    delivery: u64,
+    action: u32,
+    attempts: u32,
+    last_error: Option<String>,
 }
 
 /// First byte of an LZ4-compressed event row. A plain row is JSON and starts
@@ -490,8 +678,14 @@ mod tests {
         assert_eq!(rec.kind, ActionType::Shell);
         let success = rec.success.as_ref().expect("success");
         assert_eq!(success.outcome, AttemptOutcome::Ok);
-        // Written back, the row is byte for byte what the strings made.
-        assert_eq!(encode_delivery(&rec).expect("encode"), old_row);
+        // A layout-3 row reads as an action of the `actions` list with none
+        // of the later fields, and is written back in the layout-4 form,
+        // which reads as the same record.
+        assert_eq!(rec.list, crate::rules::ActionList::Actions);
+        assert_eq!((rec.group.as_ref(), rec.cancel.as_ref()), (None, None));
+        let new_row = encode_delivery(&rec).expect("encode");
+        assert_eq!(new_row.first(), Some(&DELIVERY_POSTCARD_V4));
+        assert_eq!(decode_delivery(&new_row).expect("new row"), rec);
 
         // Attempt rows are JSON with the outcome as a word. Rows written
         // before `dead` became the one word for giving up say `failed`.

@@ -16,7 +16,7 @@ use super::writer::{self, Op, Out};
 use super::*;
 use super::{migrate, prune};
 use crate::event::Event;
-use crate::rules::ActionType;
+use crate::rules::{ActionList, ActionType};
 
 const WINDOW: u64 = 10_000;
 const LEASE: u64 = 30_000;
@@ -35,13 +35,7 @@ fn event(id: &str) -> Event {
 }
 
 fn delivery(rule: &str, action: u32) -> NewDelivery {
-    NewDelivery {
-        rule: rule.to_owned(),
-        action,
-        kind: ActionType::Http,
-        dedup_key: None,
-        on_failure: None,
-    }
+    NewDelivery::new(rule, ActionList::Actions, action, ActionType::Http)
 }
 
 fn deduped(rule: &str, action: u32, key: &str) -> NewDelivery {
@@ -420,8 +414,9 @@ async fn dead_and_follow_ups() {
             action: 0,
             attempts: 1,
             last_error: Some("boom".to_owned()),
+            reason: None,
         }),
-        ..delivery("r", 0)
+        ..NewDelivery::new("r", ActionList::OnFailure, 0, ActionType::Http)
     };
     let follow = store
         .finish_with(
@@ -707,7 +702,8 @@ async fn queue_depth_counts() {
             pending: 1,
             leased: 1,
             done: 1,
-            dead: 1
+            dead: 1,
+            ..DeliveryCounts::default()
         }
     );
 }
@@ -1174,14 +1170,36 @@ fn delivery_rows_round_trip_in_both_forms() {
             action: 0,
             attempts: 3,
             last_error: Some("timeout".to_owned()),
+            reason: Some("expired".to_owned()),
         }),
         success: Some(attempt(6_000, "ok", Some("HTTP 200"))),
+        list: ActionList::OnFailure,
+        then: vec![0, 2],
+        group: Some(GroupSlot {
+            key: "pr-1".to_owned(),
+            limit: 2,
+            on_busy: crate::rules::OnBusy::Replace,
+        }),
+        parent: Some(41),
+        result: Some(json!({"status": 0, "json": {"result": "hi"}})),
+        cancel: Some("by hand".to_owned()),
+        cancel_reason: Some("closed".to_owned()),
+        deadline_ms: Some(77),
+        waited: true,
     };
     let bare = DeliveryRecord {
         lease_until_ms: None,
         last_error: None,
         on_failure: None,
         success: None,
+        then: Vec::new(),
+        group: None,
+        parent: None,
+        result: None,
+        cancel: None,
+        cancel_reason: None,
+        deadline_ms: None,
+        waited: false,
         ..full.clone()
     };
     for rec in [&full, &bare] {
@@ -1250,4 +1268,453 @@ async fn writer_stopped_waits_for_the_writer_and_says_why() {
         .await
         .expect("no word from a stopped writer");
     assert_eq!(why, "it stopped");
+}
+
+// ---- agent controls: groups, cancel, expiry, then: children ----
+
+/// Reactions as a rule with one `on_failure` and one `on_cancel` log
+/// action would give them.
+struct OneEach;
+
+impl FollowUps for OneEach {
+    fn on_failure(&self, rule: &str, failure: &FailureContext) -> Vec<NewDelivery> {
+        vec![NewDelivery {
+            on_failure: Some(failure.clone()),
+            ..NewDelivery::new(rule, ActionList::OnFailure, 0, ActionType::Log)
+        }]
+    }
+    fn on_cancel(&self, rule: &str, reason: &str) -> Vec<NewDelivery> {
+        vec![NewDelivery {
+            cancel_reason: Some(reason.to_owned()),
+            ..NewDelivery::new(rule, ActionList::OnCancel, 0, ActionType::Log)
+        }]
+    }
+}
+
+fn open_with_reactions(dir: &Path) -> Store {
+    let store = open(dir);
+    store.set_follow_ups(std::sync::Arc::new(OneEach));
+    store
+}
+
+fn grouped(key: &str, on_busy: crate::rules::OnBusy) -> NewDelivery {
+    NewDelivery {
+        group: Some(GroupSlot {
+            key: key.to_owned(),
+            limit: 1,
+            on_busy,
+        }),
+        ..NewDelivery::new("review", ActionList::Actions, 0, ActionType::Shell)
+    }
+}
+
+fn record(store: &Store, id: DeliveryId) -> DeliveryRecord {
+    let txn = store.inner.db.begin_read().expect("read");
+    let t = txn.open_table(DELIVERIES).expect("table");
+    load_delivery(&t, id).expect("load").expect("row")
+}
+
+async fn leased_ids(store: &Store, now: u64) -> (Vec<DeliveryId>, Vec<DeliveryId>) {
+    let l = store.lease(now, 64, LEASE).await.expect("lease");
+    (l.leased.iter().map(|l| l.delivery.id).collect(), l.stop)
+}
+
+async fn one(store: &Store, id: &str, at: u64, d: NewDelivery) -> DeliveryId {
+    accept(store, new_event(id, at, vec![d])).await.1[0]
+}
+
+/// The deliveries of an event, by list.
+fn of_list(store: &Store, key: &str, list: ActionList) -> Vec<DeliveryRecord> {
+    store
+        .get_event(key)
+        .expect("get")
+        .expect("event")
+        .deliveries
+        .into_iter()
+        .map(|d| d.record)
+        .filter(|r| r.list == list)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_queue_group_runs_in_arrival_order_and_other_keys_in_parallel() {
+    use crate::rules::OnBusy::Queue;
+    let dir = tempdir();
+    let store = open(dir.path());
+    let a = one(&store, "a", 1_000, grouped("1", Queue)).await;
+    let b = one(&store, "b", 1_001, grouped("1", Queue)).await;
+    let c = one(&store, "c", 1_002, grouped("2", Queue)).await;
+    assert_eq!(leased_ids(&store, 2_000).await, (vec![a, c], vec![]));
+    // B waits, out of the due index but counted pending.
+    assert_eq!(record(&store, b).state, DeliveryState::Pending);
+    assert_eq!(depth(&store).pending, 1);
+    // Nothing is due but A's and C's lease expiry.
+    assert_eq!(store.next_due_ms().expect("next"), Some(2_000 + LEASE));
+    assert_eq!(leased_ids(&store, 3_000).await, (vec![], vec![]));
+    // A newer member arriving while B waits queues behind it.
+    let d = one(&store, "d", 3_000, grouped("1", Queue)).await;
+    assert_eq!(leased_ids(&store, 3_000).await, (vec![], vec![]));
+    store
+        .finish(a, attempt(3_100, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    assert_eq!(leased_ids(&store, 3_200).await, (vec![b], vec![]));
+    store
+        .finish(b, attempt(3_300, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    assert_eq!(leased_ids(&store, 3_400).await, (vec![d], vec![]));
+}
+
+#[tokio::test]
+async fn replace_keeps_only_the_newest_waiting_member() {
+    use crate::rules::OnBusy::Replace;
+    let dir = tempdir();
+    let store = open(dir.path());
+    let a = one(&store, "a", 1_000, grouped("1", Replace)).await;
+    assert_eq!(leased_ids(&store, 1_000).await.0, vec![a]);
+    let b = one(&store, "b", 1_001, grouped("1", Replace)).await;
+    let c = one(&store, "c", 1_002, grouped("1", Replace)).await;
+    let d = one(&store, "d", 1_003, grouped("1", Replace)).await;
+    assert_eq!(leased_ids(&store, 2_000).await, (vec![], vec![]));
+    assert_eq!(record(&store, b).state, DeliveryState::Superseded);
+    assert_eq!(record(&store, c).state, DeliveryState::Superseded);
+    assert_eq!(record(&store, d).state, DeliveryState::Pending);
+    assert_eq!(record(&store, a).state, DeliveryState::Leased);
+    assert_eq!(depth(&store).superseded, 2);
+    store
+        .finish(a, attempt(2_100, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    assert_eq!(leased_ids(&store, 2_200).await.0, vec![d]);
+    let listed: Vec<DeliveryId> = store
+        .list_deliveries(Some(DeliveryState::Superseded), 10)
+        .expect("list")
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(listed, vec![c, b]);
+}
+
+#[tokio::test]
+async fn cancel_stops_the_running_member_and_runs_the_new_one_next() {
+    use crate::rules::OnBusy::Cancel;
+    let dir = tempdir();
+    let store = open_with_reactions(dir.path());
+    let (a_key, a_ids) = accept(&store, new_event("a", 1_000, vec![grouped("1", Cancel)])).await;
+    let a = a_ids[0];
+    assert_eq!(leased_ids(&store, 1_000).await.0, vec![a]);
+    let b = one(&store, "b", 1_001, grouped("1", Cancel)).await;
+    let c = one(&store, "c", 1_002, grouped("1", Cancel)).await;
+    // B asks A to stop and waits; C asks again (A is marked already) and
+    // supersedes B.
+    let (leased, stop) = leased_ids(&store, 2_000).await;
+    assert_eq!((leased, stop), (vec![], vec![a]));
+    assert!(record(&store, a).cancel.is_some());
+    assert_eq!(record(&store, b).state, DeliveryState::Superseded);
+    // A's attempt ends (even "ok", with then: children): it is cancelled,
+    // and the children are not created.
+    let child = NewDelivery {
+        parent: Some(a),
+        then: vec![0],
+        ..delivery("review", 0)
+    };
+    let made = store
+        .finish_with(a, attempt(2_100, "ok", None), Next::Done, vec![child])
+        .await
+        .expect("finish");
+    assert!(made.is_empty());
+    let rec = record(&store, a);
+    assert_eq!(rec.state, DeliveryState::Cancelled);
+    assert_eq!(rec.attempts, 1, "the attempt stays in the history");
+    let on_cancel = of_list(&store, &a_key, ActionList::OnCancel);
+    assert_eq!(on_cancel.len(), 1, "on_cancel once for the event");
+    assert!(on_cancel[0].cancel_reason.is_some());
+    // The newest member runs next, and so does the on_cancel reaction.
+    assert_eq!(leased_ids(&store, 2_200).await.0, vec![c, on_cancel[0].id]);
+}
+
+#[tokio::test]
+async fn skip_records_the_new_member_skipped_and_never_leases_it() {
+    use crate::rules::OnBusy::Skip;
+    let dir = tempdir();
+    let store = open(dir.path());
+    let a = one(&store, "a", 1_000, grouped("1", Skip)).await;
+    assert_eq!(leased_ids(&store, 1_000).await.0, vec![a]);
+    let b = one(&store, "b", 1_001, grouped("1", Skip)).await;
+    assert_eq!(leased_ids(&store, 2_000).await, (vec![], vec![]));
+    assert_eq!(record(&store, b).state, DeliveryState::Skipped);
+    store
+        .finish(a, attempt(2_100, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    assert_eq!(leased_ids(&store, 2_200).await.0, Vec::<DeliveryId>::new());
+    assert_eq!(depth(&store).skipped, 1);
+}
+
+#[tokio::test]
+async fn then_children_exist_iff_the_success_is_recorded() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(
+        &store,
+        new_event("a", 1_000, vec![delivery("r", 0), delivery("r", 1)]),
+    )
+    .await;
+    store.lease_due(1_000, 10, LEASE).await.expect("lease");
+    let child = |parent| NewDelivery {
+        parent: Some(parent),
+        then: vec![0],
+        result: Some(json!({"status": 0, "json": {"result": "hi"}})),
+        ..delivery("r", 0)
+    };
+    // Success: the child is created in the same commit, with the result.
+    let made = store
+        .finish_with(
+            ids[0],
+            attempt(1_100, "ok", None),
+            Next::Done,
+            vec![child(ids[0])],
+        )
+        .await
+        .expect("finish");
+    assert_eq!(made.len(), 1);
+    let c = record(&store, made[0]);
+    assert_eq!(
+        (c.parent, c.then.clone(), c.state),
+        (Some(ids[0]), vec![0], DeliveryState::Pending)
+    );
+    assert_eq!(
+        c.result,
+        Some(json!({"status": 0, "json": {"result": "hi"}}))
+    );
+    assert_eq!(c.action_ref().then, vec![0]);
+    // A finish that does not record a success creates nothing: the
+    // dispatcher hands children only with `Done`, and a late finish on a
+    // finished delivery creates none either.
+    let late = store
+        .finish_with(
+            ids[0],
+            attempt(1_200, "ok", None),
+            Next::Done,
+            vec![child(ids[0])],
+        )
+        .await
+        .expect("late finish");
+    assert!(late.is_empty());
+    store
+        .finish(ids[1], attempt(1_100, "failed", Some("exit 1")), Next::Dead)
+        .await
+        .expect("finish");
+    let detail = store.get_event(&key).expect("get").expect("event");
+    assert_eq!(detail.deliveries.len(), 3);
+}
+
+#[tokio::test]
+async fn a_cancel_request_survives_a_restart_and_the_run_is_never_repeated() {
+    let dir = tempdir();
+    let (key, a) = {
+        let store = open_with_reactions(dir.path());
+        let (key, ids) = accept(
+            &store,
+            new_event("a", 1_000, vec![delivery("r", 0), delivery("r", 1)]),
+        )
+        .await;
+        let l = store.lease_due(1_000, 1, LEASE).await.expect("lease");
+        assert_eq!(l.len(), 1);
+        let out = store
+            .cancel_event(&key, None, "by hand")
+            .await
+            .expect("cancel");
+        assert_eq!(out.cancelled, 2);
+        assert_eq!(out.stopping, vec![ids[0]]);
+        assert_eq!(record(&store, ids[1]).state, DeliveryState::Cancelled);
+        // Asking again finds nothing more to do.
+        let again = store
+            .cancel_event(&key, None, "by hand")
+            .await
+            .expect("cancel");
+        assert_eq!(again, CancelOutcome::default());
+        (key, ids[0])
+        // The process dies here, with the run still leased.
+    };
+    let store = open(dir.path());
+    let rec = record(&store, a);
+    assert_eq!(rec.state, DeliveryState::Cancelled);
+    assert_eq!(rec.cancel.as_deref(), Some("by hand"));
+    let (leased, _) = leased_ids(&store, crate::clock::now_ms()).await;
+    let on_cancel = of_list(&store, &key, ActionList::OnCancel);
+    assert_eq!(
+        leased,
+        vec![on_cancel[0].id],
+        "only the on_cancel reaction runs"
+    );
+    assert_eq!(on_cancel.len(), 1);
+    assert_eq!(depth(&store).cancelled, 2);
+}
+
+#[tokio::test]
+async fn a_delivery_not_started_in_time_expires_with_one_on_failure() {
+    let dir = tempdir();
+    let store = open_with_reactions(dir.path());
+    let late = NewDelivery {
+        start_within_ms: Some(500),
+        ..delivery("r", 0)
+    };
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![late])).await;
+    assert_eq!(record(&store, ids[0]).deadline_ms, Some(1_500));
+    let (leased, _) = leased_ids(&store, 1_600).await;
+    let rec = record(&store, ids[0]);
+    assert_eq!(rec.state, DeliveryState::Expired);
+    let failures = of_list(&store, &key, ActionList::OnFailure);
+    assert_eq!(failures.len(), 1);
+    let failure = failures[0].on_failure.as_ref().expect("context");
+    assert_eq!(failure.reason.as_deref(), Some("expired"));
+    assert_eq!(failure.delivery, ids[0]);
+    // The on_failure delivery itself was due in the same lease or is now.
+    let (again, _) = leased_ids(&store, crate::clock::now_ms()).await;
+    assert_eq!([leased, again].concat(), vec![failures[0].id]);
+    assert_eq!(depth(&store).expired, 1);
+}
+
+#[tokio::test]
+async fn a_delivery_that_started_in_time_does_not_expire() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let d = NewDelivery {
+        start_within_ms: Some(500),
+        ..delivery("r", 0)
+    };
+    let (_, ids) = accept(&store, new_event("a", 1_000, vec![d])).await;
+    assert_eq!(leased_ids(&store, 1_400).await.0, ids);
+    store
+        .finish(ids[0], attempt(1_450, "retry", None), Next::RetryAt(2_000))
+        .await
+        .expect("finish");
+    // Its retry is due after the deadline; an attempt started in time.
+    assert_eq!(leased_ids(&store, 2_000).await.0, ids);
+}
+
+#[tokio::test]
+async fn a_group_key_that_did_not_render_makes_a_dead_delivery_with_on_failure() {
+    let dir = tempdir();
+    let store = open_with_reactions(dir.path());
+    let bad = NewDelivery {
+        error: Some("group key rendered empty".to_owned()),
+        ..delivery("r", 0)
+    };
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![bad])).await;
+    let rec = record(&store, ids[0]);
+    assert_eq!(rec.state, DeliveryState::Dead);
+    assert_eq!(rec.last_error.as_deref(), Some("group key rendered empty"));
+    let failures = of_list(&store, &key, ActionList::OnFailure);
+    assert_eq!(failures.len(), 1);
+    assert_eq!(depth(&store).dead, 1);
+}
+
+#[tokio::test]
+async fn cancel_by_group_key_and_a_cancel_that_finds_nothing() {
+    use crate::rules::OnBusy::Queue;
+    let dir = tempdir();
+    let store = open(dir.path());
+    let a = one(&store, "a", 1_000, grouped("7", Queue)).await;
+    assert_eq!(leased_ids(&store, 1_000).await.0, vec![a]);
+    let b = one(&store, "b", 1_001, grouped("7", Queue)).await;
+    let other = one(&store, "c", 1_002, grouped("8", Queue)).await;
+    assert_eq!(leased_ids(&store, 2_000).await.0, vec![other]);
+    let out = store
+        .cancel_group("review", "7", "closed")
+        .await
+        .expect("cancel");
+    assert_eq!(out.cancelled, 2);
+    assert_eq!(out.stopping, vec![a]);
+    assert_eq!(record(&store, b).state, DeliveryState::Cancelled);
+    assert_eq!(record(&store, other).state, DeliveryState::Leased);
+    let none = store
+        .cancel_group("review", "nope", "closed")
+        .await
+        .expect("cancel");
+    assert_eq!(none, CancelOutcome::default());
+    let none = store
+        .cancel_group("other-rule", "7", "closed")
+        .await
+        .expect("cancel");
+    assert_eq!(none, CancelOutcome::default());
+    let err = store
+        .cancel_event("no-such-event", None, "x")
+        .await
+        .expect_err("unknown");
+    assert!(err.is_not_found());
+}
+
+#[tokio::test]
+async fn waiting_group_members_keep_their_place_across_a_restart() {
+    use crate::rules::OnBusy::Queue;
+    let dir = tempdir();
+    let (a, b, c) = {
+        let store = open(dir.path());
+        let a = one(&store, "a", 1_000, grouped("1", Queue)).await;
+        assert_eq!(leased_ids(&store, 1_000).await.0, vec![a]);
+        let b = one(&store, "b", 1_001, grouped("1", Queue)).await;
+        let c = one(&store, "c", 1_002, grouped("1", Queue)).await;
+        assert_eq!(leased_ids(&store, 2_000).await.0, Vec::<DeliveryId>::new());
+        store.close().await.expect("close");
+        (a, b, c)
+    };
+    let store = open(dir.path());
+    let now = crate::clock::now_ms();
+    // The interrupted run goes first, then B, then C.
+    for id in [a, b, c] {
+        assert_eq!(leased_ids(&store, now).await.0, vec![id]);
+        store
+            .finish(id, attempt(now, "ok", None), Next::Done)
+            .await
+            .expect("finish");
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_delivery_replays_and_a_when_false_is_skipped() {
+    let dir = tempdir();
+    let store = open(dir.path());
+    let (key, ids) = accept(&store, new_event("a", 1_000, vec![delivery("r", 0)])).await;
+    let out = store
+        .cancel_event(&key, Some("r"), "by hand")
+        .await
+        .expect("cancel");
+    assert_eq!((out.cancelled, out.stopping.len()), (1, 0));
+    assert_eq!(record(&store, ids[0]).state, DeliveryState::Cancelled);
+    let replayed = crate::ops::replay(None, &store, &key, None)
+        .await
+        .expect("replay");
+    assert_eq!(replayed.len(), 1);
+    let fresh = record(&store, replayed[0]);
+    assert_eq!(
+        (fresh.state, fresh.cancel.clone()),
+        (DeliveryState::Pending, None)
+    );
+    assert_eq!(leased_ids(&store, crate::clock::now_ms()).await.0, replayed);
+    // `when:` false: final, no attempt recorded.
+    store
+        .finish(
+            replayed[0],
+            attempt(0, "ok", Some("when: rendered \"false\"")),
+            Next::Skipped,
+        )
+        .await
+        .expect("finish");
+    let rec = record(&store, replayed[0]);
+    assert_eq!((rec.state, rec.attempts), (DeliveryState::Skipped, 0));
+}
+
+#[test]
+fn new_state_names_parse_and_print() {
+    for state in DeliveryState::ALL {
+        assert_eq!(state.as_str().parse::<DeliveryState>(), Ok(state));
+    }
+    for word in ["skipped", "superseded", "cancelled", "expired"] {
+        let s: DeliveryState = word.parse().expect("state");
+        assert!(s.is_final());
+        assert_eq!(s.to_string(), word);
+    }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::rules::{ActionList, ActionRef, ActionType};
+use crate::rules::{ActionList, ActionRef, ActionType, OnBusy};
 
 /// Identifier of one delivery. Allocated from a counter inside the same write
 /// transaction that creates the delivery, so id order is arrival order and ids
@@ -49,9 +49,13 @@ pub struct NewEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
     pub rule: String,
-    /// Index of the action in the rule (or in its `on_failure` list when
-    /// `on_failure` is set).
+    /// Index of the action in the rule's list `list`.
     pub action: u32,
+    /// Which of the rule's lists the action is in.
+    pub list: ActionList,
+    /// For a `then:` child, the path through the nested `then:` lists below
+    /// the action at `action`; empty otherwise.
+    pub then: Vec<u32>,
     /// Kept only for listing, filtering and metrics.
     pub kind: ActionType,
     /// Optional rule-level dedup key (the rendered `dedup:` template of the
@@ -63,29 +67,162 @@ pub struct NewDelivery {
     /// before this event. Ignored by `replay` and follow-ups, which are
     /// explicit requests to run again.
     pub dedup_key: Option<String>,
-    /// Set for deliveries created because another delivery died.
+    /// Set for deliveries created because another delivery died (or expired).
     pub on_failure: Option<FailureContext>,
+    /// The action's group with its key rendered (once, here, at creation).
+    pub group: Option<GroupSlot>,
+    /// For a `then:` child: the delivery whose success created it.
+    pub parent: Option<DeliveryId>,
+    /// For a `then:` child: the parent's `result` context.
+    pub result: Option<serde_json::Value>,
+    /// For an `on_cancel` delivery: why its event was cancelled.
+    pub cancel_reason: Option<String>,
+    /// The action's `start_within`, in ms: the delivery expires if no attempt
+    /// started this long after it was created (for an event's deliveries,
+    /// after the event was accepted).
+    pub start_within_ms: Option<u64>,
+    /// The delivery could not be planned (its group key did not render): it
+    /// is created `Dead` with this as its last error, and the rule's
+    /// `on_failure` deliveries with it.
+    pub error: Option<String>,
 }
 
 impl NewDelivery {
+    /// A delivery of the action at `index` in `rule`'s list `list`, with
+    /// nothing else set.
+    pub fn new(rule: &str, list: ActionList, index: u32, kind: ActionType) -> Self {
+        NewDelivery {
+            rule: rule.to_owned(),
+            action: index,
+            list,
+            then: Vec::new(),
+            kind,
+            dedup_key: None,
+            on_failure: None,
+            group: None,
+            parent: None,
+            result: None,
+            cancel_reason: None,
+            start_within_ms: None,
+            error: None,
+        }
+    }
+
     /// The action the delivery will run.
     pub fn action_ref(&self) -> ActionRef {
-        action_ref(&self.rule, self.action, self.on_failure.as_ref())
+        ActionRef {
+            rule: self.rule.clone(),
+            list: self.list,
+            index: self.action,
+            then: self.then.clone(),
+        }
     }
 }
 
-/// An `on_failure` delivery runs from the rule's `on_failure` list; every
-/// other delivery from its `actions`.
-fn action_ref(rule: &str, index: u32, on_failure: Option<&FailureContext>) -> ActionRef {
-    ActionRef {
-        rule: rule.to_owned(),
-        list: if on_failure.is_some() {
-            ActionList::OnFailure
-        } else {
-            ActionList::Actions
-        },
-        index,
-        then: Vec::new(),
+/// A delivery's place in a group: the key its action's `group.key` rendered
+/// to, and the group's `limit` and `on_busy` as the rule said when the
+/// delivery was created (a reload does not change a waiting delivery's
+/// terms).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSlot {
+    pub key: String,
+    pub limit: u32,
+    #[serde(with = "on_busy_word")]
+    pub on_busy: OnBusy,
+}
+
+/// What the store asks the running rules for when it decides, inside a
+/// transaction, that a rule's reaction is due: the rule's `on_failure`
+/// deliveries for a delivery that expired or could not be planned, and its
+/// `on_cancel` deliveries for a cancelled event. The store knows no rules;
+/// the dispatcher installs an implementation ([`crate::store::Store::set_follow_ups`]).
+pub trait FollowUps: Send + Sync {
+    /// The `on_failure` deliveries of `rule`, each carrying `failure`.
+    fn on_failure(&self, rule: &str, failure: &FailureContext) -> Vec<NewDelivery>;
+    /// The `on_cancel` deliveries of `rule`, each carrying `reason`.
+    fn on_cancel(&self, rule: &str, reason: &str) -> Vec<NewDelivery>;
+}
+
+/// Stops the runs of deliveries a cancel marked (see
+/// [`crate::store::Store::set_stopper`]).
+pub type Stopper = std::sync::Arc<dyn Fn(&[DeliveryId]) + Send + Sync>;
+
+/// What a cancel did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CancelOutcome {
+    /// Deliveries cancelled: waiting ones now `cancelled`, plus running ones
+    /// marked to stop (they end `cancelled`).
+    pub cancelled: u64,
+    /// The running deliveries among them; their runs must be stopped.
+    pub stopping: Vec<DeliveryId>,
+}
+
+/// Answer to [`crate::store::Store::lease`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Leases {
+    pub leased: Vec<Leased>,
+    /// Running deliveries a group's `on_busy: cancel` marked to stop.
+    pub stop: Vec<DeliveryId>,
+}
+
+/// [`ActionList`] stored as a word, like [`ActionType`]: postcard would
+/// write a variant number, which a reordering would silently change. A
+/// `serde(with)` module rather than an impl, so the rule types stay free of
+/// storage concerns.
+pub(crate) mod list_word {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::rules::ActionList;
+
+    pub fn word(list: ActionList) -> &'static str {
+        match list {
+            ActionList::Actions => "actions",
+            ActionList::OnFailure => "on_failure",
+            ActionList::OnCancel => "on_cancel",
+        }
+    }
+
+    pub fn serialize<S: Serializer>(list: &ActionList, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(word(*list))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ActionList, D::Error> {
+        let w = String::deserialize(d)?;
+        match w.as_str() {
+            "actions" => Ok(ActionList::Actions),
+            "on_failure" => Ok(ActionList::OnFailure),
+            "on_cancel" => Ok(ActionList::OnCancel),
+            _ => Err(serde::de::Error::custom(format!(
+                "unknown action list {w:?}"
+            ))),
+        }
+    }
+}
+
+/// [`OnBusy`] stored as its YAML word.
+pub(crate) mod on_busy_word {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::rules::OnBusy;
+
+    pub fn serialize<S: Serializer>(v: &OnBusy, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            OnBusy::Queue => "queue",
+            OnBusy::Replace => "replace",
+            OnBusy::Cancel => "cancel",
+            OnBusy::Skip => "skip",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<OnBusy, D::Error> {
+        let w = String::deserialize(d)?;
+        match w.as_str() {
+            "queue" => Ok(OnBusy::Queue),
+            "replace" => Ok(OnBusy::Replace),
+            "cancel" => Ok(OnBusy::Cancel),
+            "skip" => Ok(OnBusy::Skip),
+            _ => Err(serde::de::Error::custom(format!("unknown on_busy {w:?}"))),
+        }
     }
 }
 
@@ -99,6 +236,11 @@ pub struct FailureContext {
     /// How many attempts it made.
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// `expired` when the delivery never started within its
+    /// `start_within`; `None` when it failed (shown as `failed`). Never
+    /// skipped when empty: postcard rows hold every field.
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 /// Answer to [`crate::store::Store::commit`].
@@ -118,10 +260,18 @@ pub enum Committed {
 
 /// Life cycle of a delivery.
 ///
-/// `Pending` (waiting for its due time) -> `Leased` (a worker runs it) ->
-/// `Pending` again (retry), `Done` or `Dead`. A `Leased` delivery whose lease
-/// expired, or that was leased when the process stopped, is due again: the
-/// store gives at-least-once execution, never at-most-once.
+/// `Pending` (waiting for its due time, or for room in its group) ->
+/// `Leased` (a worker runs it) -> `Pending` again (retry), `Done` or `Dead`.
+/// A `Leased` delivery whose lease expired, or that was leased when the
+/// process stopped, is due again: the store gives at-least-once execution,
+/// never at-most-once. The other final states are decisions that ran
+/// nothing (more): `Skipped` (its `when:` was false, or its group was busy
+/// with `on_busy: skip`), `Superseded` (a newer member of its group took its
+/// place), `Cancelled` (by a `cancel:` action, by hand, or by a newer member
+/// with `on_busy: cancel`) and `Expired` (not started within
+/// `start_within`).
+///
+/// New variants go at the end: postcard rows store the variant number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryState {
@@ -129,6 +279,10 @@ pub enum DeliveryState {
     Leased,
     Done,
     Dead,
+    Skipped,
+    Superseded,
+    Cancelled,
+    Expired,
 }
 
 impl DeliveryState {
@@ -138,14 +292,30 @@ impl DeliveryState {
             DeliveryState::Leased => "leased",
             DeliveryState::Done => "done",
             DeliveryState::Dead => "dead",
+            DeliveryState::Skipped => "skipped",
+            DeliveryState::Superseded => "superseded",
+            DeliveryState::Cancelled => "cancelled",
+            DeliveryState::Expired => "expired",
         }
     }
 
-    /// `Done` and `Dead` are final: nothing will run the delivery again unless
-    /// someone replays the event.
+    /// Every state but `Pending` and `Leased` is final: nothing will run the
+    /// delivery again unless someone replays the event.
     pub fn is_final(self) -> bool {
-        matches!(self, DeliveryState::Done | DeliveryState::Dead)
+        !matches!(self, DeliveryState::Pending | DeliveryState::Leased)
     }
+
+    /// Every state, in the order lists and metrics show them.
+    pub const ALL: [DeliveryState; 8] = [
+        DeliveryState::Pending,
+        DeliveryState::Leased,
+        DeliveryState::Done,
+        DeliveryState::Dead,
+        DeliveryState::Skipped,
+        DeliveryState::Superseded,
+        DeliveryState::Cancelled,
+        DeliveryState::Expired,
+    ];
 }
 
 impl fmt::Display for DeliveryState {
@@ -154,10 +324,12 @@ impl fmt::Display for DeliveryState {
     }
 }
 
-/// A state name that is not one of `pending`, `leased`, `done`, `dead`
-/// (or its alias `failed`).
+/// A state name that is not one of the states (or `failed`, the alias of
+/// `dead`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown delivery state {0:?} (expected pending, leased, done or dead)")]
+#[error(
+    "unknown delivery state {0:?} (expected pending, leased, done, dead, skipped, superseded, cancelled or expired)"
+)]
 pub struct ParseStateError(pub String);
 
 impl FromStr for DeliveryState {
@@ -176,6 +348,10 @@ impl FromStr for DeliveryState {
             "leased" => Ok(DeliveryState::Leased),
             "done" => Ok(DeliveryState::Done),
             "dead" | "failed" => Ok(DeliveryState::Dead),
+            "skipped" => Ok(DeliveryState::Skipped),
+            "superseded" => Ok(DeliveryState::Superseded),
+            "cancelled" | "canceled" => Ok(DeliveryState::Cancelled),
+            "expired" => Ok(DeliveryState::Expired),
             _ => Err(ParseStateError(s.to_owned())),
         }
     }
@@ -207,12 +383,50 @@ pub struct DeliveryRecord {
     /// less; the history lists it last.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success: Option<Attempt>,
+    /// Which of the rule's lists the action is in. Rows written before it
+    /// was stored say it through `on_failure`.
+    #[serde(default = "actions_list", with = "list_word")]
+    pub list: ActionList,
+    /// For a `then:` child: its path below the action at `action`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub then: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSlot>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<DeliveryId>,
+    /// For a `then:` child: the parent's `result` context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    /// Set once a cancel was requested, with its reason. A running delivery
+    /// with a request ends `Cancelled` whatever its attempt did, and is never
+    /// run again (not after a restart either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<String>,
+    /// For an `on_cancel` delivery: why its event was cancelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancel_reason: Option<String>,
+    /// Unix ms after which a delivery that never started is `Expired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+    /// It has waited for room in its group. Its group's `on_busy` applied
+    /// when it first became due; afterwards it only waits its turn.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub waited: bool,
+}
+
+fn actions_list() -> ActionList {
+    ActionList::Actions
 }
 
 impl DeliveryRecord {
     /// The action the delivery runs.
     pub fn action_ref(&self) -> ActionRef {
-        action_ref(&self.rule, self.action, self.on_failure.as_ref())
+        ActionRef {
+            rule: self.rule.clone(),
+            list: self.list,
+            index: self.action,
+            then: self.then.clone(),
+        }
     }
 }
 
@@ -308,6 +522,9 @@ pub enum Next {
     /// Pending again, due at this unix ms.
     RetryAt(u64),
     Dead,
+    /// The action's `when:` was false: nothing ran, and no attempt is
+    /// recorded.
+    Skipped,
 }
 
 /// An event-level dedup key as a person reads it: the source and the
@@ -385,6 +602,30 @@ pub struct DeliveryCounts {
     pub leased: u32,
     pub done: u32,
     pub dead: u32,
+    #[serde(default)]
+    pub skipped: u32,
+    #[serde(default)]
+    pub superseded: u32,
+    #[serde(default)]
+    pub cancelled: u32,
+    #[serde(default)]
+    pub expired: u32,
+}
+
+impl DeliveryCounts {
+    /// The counter of `state`.
+    pub fn slot(&mut self, state: DeliveryState) -> &mut u32 {
+        match state {
+            DeliveryState::Pending => &mut self.pending,
+            DeliveryState::Leased => &mut self.leased,
+            DeliveryState::Done => &mut self.done,
+            DeliveryState::Dead => &mut self.dead,
+            DeliveryState::Skipped => &mut self.skipped,
+            DeliveryState::Superseded => &mut self.superseded,
+            DeliveryState::Cancelled => &mut self.cancelled,
+            DeliveryState::Expired => &mut self.expired,
+        }
+    }
 }
 
 /// Deliveries in the whole store by state. `pending` includes retries whose
@@ -395,6 +636,30 @@ pub struct QueueDepth {
     pub leased: u64,
     pub done: u64,
     pub dead: u64,
+    #[serde(default)]
+    pub skipped: u64,
+    #[serde(default)]
+    pub superseded: u64,
+    #[serde(default)]
+    pub cancelled: u64,
+    #[serde(default)]
+    pub expired: u64,
+}
+
+impl QueueDepth {
+    /// The count of `state`.
+    pub fn get(&self, state: DeliveryState) -> u64 {
+        match state {
+            DeliveryState::Pending => self.pending,
+            DeliveryState::Leased => self.leased,
+            DeliveryState::Done => self.done,
+            DeliveryState::Dead => self.dead,
+            DeliveryState::Skipped => self.skipped,
+            DeliveryState::Superseded => self.superseded,
+            DeliveryState::Cancelled => self.cancelled,
+            DeliveryState::Expired => self.expired,
+        }
+    }
 }
 
 /// What one `prune` removed.

@@ -35,7 +35,8 @@ use super::ops::{self, Effects, KeyGen, LeasedRow};
 use super::prune::{self, PruneChunk, PruneOut};
 use super::schema::WriteTables;
 use super::types::{
-    Attempt, BatchStats, Committed, DeliveryId, DeliveryRecord, Leased, NewDelivery, NewEvent, Next,
+    Attempt, BatchStats, CancelOutcome, Committed, DeliveryId, DeliveryRecord, FollowUps, Leased,
+    NewDelivery, NewEvent, Next,
 };
 
 /// Most commands applied in one write transaction. Bounds how long a batch
@@ -67,6 +68,18 @@ pub(super) enum Op {
         event_key: String,
         deliveries: Vec<NewDelivery>,
     },
+    /// Cancel an event's unfinished deliveries (of one rule, if given).
+    CancelEvent {
+        event_key: String,
+        rule: Option<String>,
+        reason: String,
+    },
+    /// Cancel the unfinished deliveries of `rule` whose group key is `key`.
+    CancelGroup {
+        rule: String,
+        key: String,
+        reason: String,
+    },
     Prune(PruneChunk),
 }
 
@@ -79,8 +92,9 @@ pub(super) enum Out {
     Claimed(Committed, Vec<Leased>),
     /// Leased deliveries with their event rows still encoded: decoding is
     /// left to the caller, off the writer thread.
-    Leased(Vec<LeasedRow>),
+    Leased(Vec<LeasedRow>, Vec<DeliveryId>),
     Ids(Vec<DeliveryId>),
+    Cancelled(CancelOutcome),
     Pruned(PruneOut),
 }
 
@@ -102,6 +116,11 @@ pub(super) struct Shared {
     /// lease and its wait) after a commit that created due or soon-due work.
     pub notify: Arc<Notify>,
     pub counters: Counters,
+    /// The running rules' reactions, for the follow-ups the store decides
+    /// itself (expiry, cancel, a delivery that could not be planned).
+    pub follow_ups: std::sync::RwLock<Option<Arc<dyn FollowUps>>>,
+    /// Told the running deliveries a cancel marked, to stop their runs.
+    pub stopper: std::sync::RwLock<Option<super::types::Stopper>>,
 }
 
 #[derive(Default)]
@@ -217,6 +236,7 @@ pub(super) fn process(
     mut batch: Batch,
     refill: &mut dyn FnMut(&mut Batch),
 ) {
+    let plan = follow_ups(shared);
     let result = transact_ops(
         db,
         &mut Growing {
@@ -224,6 +244,7 @@ pub(super) fn process(
             refill,
         },
         keys,
+        plan.clone(),
     );
     match result {
         Ok(done) => {
@@ -244,7 +265,7 @@ pub(super) fn process(
             shared.counters.failed();
             tracing::warn!(error = %e, size = batch.len(), "store batch failed; retrying one by one");
             for (op, reply) in batch {
-                let answer = match transact(db, &[&op], keys) {
+                let answer = match transact_ops(db, &mut &[&op][..], keys, plan.clone()) {
                     Ok(mut done) => {
                         finish_txn(shared, &done, 1);
                         let out = done
@@ -341,23 +362,32 @@ impl Ops for Growing<'_> {
     }
 }
 
+fn follow_ups(shared: &Shared) -> Option<Arc<dyn FollowUps>> {
+    match shared.follow_ups.read() {
+        Ok(g) => g.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    }
+}
+
 /// Applies `ops` in one write transaction. `Err` means nothing was written.
+#[cfg(test)]
 pub(super) fn transact(
     db: &Database,
     mut ops: &[&Op],
     keys: &mut KeyGen,
 ) -> Result<Transacted, StoreError> {
-    transact_ops(db, &mut ops, keys)
+    transact_ops(db, &mut ops, keys, None)
 }
 
 fn transact_ops(
     db: &Database,
     ops: &mut impl Ops,
     keys: &mut KeyGen,
+    plan: Option<Arc<dyn FollowUps>>,
 ) -> Result<Transacted, StoreError> {
     let mut txn = db.begin_write()?;
     let mut fx = Effects::default();
-    match apply_all(&txn, ops, keys, &mut fx) {
+    match apply_all(&txn, ops, keys, &mut fx, plan) {
         Ok(outs) => {
             // Leases and successful attempts need no fsync of their own: the
             // next durable commit persists them with everything else, and if
@@ -366,13 +396,15 @@ fn transact_ops(
             // once, never lost). A retry schedule, a death and its on_failure
             // deliveries are kept durably: they carry the attempt count that
             // bounds the retries.
-            if (0..ops.len()).all(|i| match ops.get(i) {
-                Some(Op::Lease { .. }) => true,
-                Some(Op::Finish {
-                    next, follow_ups, ..
-                }) => *next == Next::Done && follow_ups.is_empty(),
-                _ => false,
-            }) {
+            if !fx.decided
+                && (0..ops.len()).all(|i| match ops.get(i) {
+                    Some(Op::Lease { .. }) => true,
+                    Some(Op::Finish {
+                        next, follow_ups, ..
+                    }) => *next == Next::Done && follow_ups.is_empty(),
+                    _ => false,
+                })
+            {
                 let _ = txn.set_durability(redb::Durability::None);
             }
             // A batch that only found nothing to lease needs no fsync.
@@ -401,8 +433,10 @@ fn apply_all(
     ops: &mut impl Ops,
     keys: &mut KeyGen,
     fx: &mut Effects,
+    plan: Option<Arc<dyn FollowUps>>,
 ) -> Result<Vec<Result<Out, StoreError>>, StoreError> {
     let mut t = WriteTables::open(txn)?;
+    t.follow_ups = plan;
     let now = now_ms();
     let mut outs = Vec::with_capacity(ops.len());
     loop {
@@ -435,7 +469,7 @@ fn apply(
             now_ms,
             limit,
             lease_ms,
-        } => ops::lease(t, *now_ms, *limit, *lease_ms, fx).map(Out::Leased),
+        } => ops::lease(t, *now_ms, *limit, *lease_ms, fx).map(|o| Out::Leased(o.rows, o.stop)),
         Op::Finish {
             delivery,
             attempt,
@@ -446,6 +480,14 @@ fn apply(
             event_key,
             deliveries,
         } => ops::replay(t, event_key, deliveries, now, fx).map(Out::Ids),
+        Op::CancelEvent {
+            event_key,
+            rule,
+            reason,
+        } => ops::cancel_event(t, event_key, rule.as_deref(), reason, now, fx).map(Out::Cancelled),
+        Op::CancelGroup { rule, key, reason } => {
+            ops::cancel_group(t, rule, key, reason, now, fx).map(Out::Cancelled)
+        }
         Op::Prune(chunk) => prune::prune(t, chunk, fx).map(Out::Pruned),
     }
 }
