@@ -587,7 +587,10 @@ mod tests {
         cmd.stdin = Some("x".repeat(TWO_MIB));
         let mut l = limits(Duration::from_secs(20), Duration::from_secs(1));
         l.max_output = TWO_MIB;
-        let r = run(&cmd, l, &CancellationToken::new()).await;
+        let never = CancellationToken::new();
+        let r = tokio::time::timeout(Duration::from_secs(60), run(&cmd, l, &never))
+            .await
+            .expect("deadlocked");
         assert_eq!(r.verdict, Verdict::Done, "{}", r.detail);
         assert_eq!(stderr(&r).trim(), TWO_MIB.to_string());
         assert_eq!(stdout(&r).len(), 1024 * 1024);
