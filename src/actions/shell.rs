@@ -441,7 +441,7 @@ mod tests {
     use crate::actions::{self, Job, Verdict};
     use crate::event::Event;
     use crate::providers::Origin;
-    use crate::rules::{Action, ActionKind, RetryPolicy, RuleSet, ShellAction};
+    use crate::rules::{Action, ActionKind, HttpAction, RetryPolicy, RuleSet, ShellAction};
     use crate::template::Templates;
 
     const TWO_MIB: usize = 2 * 1024 * 1024;
@@ -537,7 +537,31 @@ mod tests {
             }
         }
 
+        /// An HTTP action, to `url`, in the same harness.
+        fn http(url: &str) -> Attempt {
+            let mut attempt = Attempt::new(&["true"], None, &[]);
+            let mut t = Templates::new();
+            attempt.action.kind = ActionKind::Http(HttpAction {
+                method: http::Method::POST,
+                url: t.compile(url).expect("template"),
+                headers: Vec::new(),
+                body: None,
+                sign: None,
+            });
+            attempt.set = RuleSet::new(Vec::new(), Vec::new(), Vec::new(), t, Vec::new());
+            attempt
+        }
+
         async fn run(&self, body: serde_json::Value, base: &Path) -> AttemptResult {
+            self.run_until(body, base, &CancellationToken::new()).await
+        }
+
+        async fn run_until(
+            &self,
+            body: serde_json::Value,
+            base: &Path,
+            cancel: &CancellationToken,
+        ) -> AttemptResult {
             let event = Arc::new(Event {
                 id: "e-1".to_owned(),
                 kind: "push".to_owned(),
@@ -549,7 +573,6 @@ mod tests {
                 body: body.into(),
             });
             let ctx = actions::render::context(&event, "r", None);
-            let never = CancellationToken::new();
             let job = Job {
                 action: &self.action,
                 context: &ctx,
@@ -557,7 +580,7 @@ mod tests {
                 event_id: "e-1",
                 event_key: "k",
                 delivery: 7,
-                cancel: &never,
+                cancel,
                 files_dir: base,
             };
             actions::run(&self.set, &actions::http::client(), job).await
@@ -587,7 +610,10 @@ mod tests {
         cmd.stdin = Some("x".repeat(TWO_MIB));
         let mut l = limits(Duration::from_secs(20), Duration::from_secs(1));
         l.max_output = TWO_MIB;
-        let r = run(&cmd, l, &CancellationToken::new()).await;
+        let never = CancellationToken::new();
+        let r = tokio::time::timeout(Duration::from_secs(60), run(&cmd, l, &never))
+            .await
+            .expect("deadlocked");
         assert_eq!(r.verdict, Verdict::Done, "{}", r.detail);
         assert_eq!(stderr(&r).trim(), TWO_MIB.to_string());
         assert_eq!(stdout(&r).len(), 1024 * 1024);
@@ -876,5 +902,51 @@ mod tests {
         assert_eq!(ctx["json"], json!([1, 2]));
         assert_eq!(ctx["status"], json!(200));
         assert_eq!(ctx["stdout"], json!(""));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_http_call_is_dropped() {
+        use std::io::Read as _;
+
+        // A receiver that takes the request and never answers.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            tx.send(()).expect("send");
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            let mut buf = [0u8; 1024];
+            // Read until the client hangs up.
+            let closed = loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(_) => break false,
+                }
+            };
+            tx.send(()).expect("send");
+            closed
+        });
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cancel = CancellationToken::new();
+        let attempt = Attempt::http(&url);
+        let running = {
+            let cancel = cancel.clone();
+            let path = tmp.path().to_path_buf();
+            async move { attempt.run_until(json!({}), &path, &cancel).await }
+        };
+        let running = tokio::spawn(running);
+        tokio::task::spawn_blocking(move || {
+            rx.recv().expect("connected");
+            cancel.cancel();
+            rx.recv_timeout(Duration::from_secs(10)).expect("hung up");
+        })
+        .await
+        .expect("join");
+        let r = running.await.expect("join");
+        assert!(r.cancelled, "{r:?}");
+        assert_eq!(r.detail, "cancelled; request dropped");
     }
 }
