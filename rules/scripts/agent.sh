@@ -1,5 +1,5 @@
 #!/bin/sh
-# Stands in for an agent CLI in rules/github-agent.yaml: reads the prompt on
+# Stands in for an agent CLI in rules/github.yaml (`agent-on-comment`): reads the prompt on
 # stdin and answers with one JSON object on stdout, like `claude -p
 # --output-format json`. On SIGTERM (a newer comment cancelled this run) it
 # stops at once, as a real agent should after saving its work.
