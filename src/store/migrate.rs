@@ -65,6 +65,10 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
                 }
                 rec.state = DeliveryState::Pending;
                 rec.due_at_ms = now;
+                // Its attempt started before the stop: `start_within` is
+                // met, and the run is owed again (at least once), not
+                // expired.
+                rec.deadline_ms = None;
                 // A group member rejoins its group's queue at its place (ids
                 // are arrival order), ahead of the members that waited.
                 if let Some(slot) = &rec.group {
