@@ -2,8 +2,8 @@
 //! groups (`on_busy: cancel | queue | replace | skip`), `then:` with
 //! `result`, an action `when:` that is false, `stdin:` of several MiB,
 //! `start_within:` across a restart, a `kill -9` between a parent's exit and
-//! its `then:` child's request, the `cancel:` action, and a group key that
-//! renders empty.
+//! its `then:` child's request, the `cancel:` action, a group key that
+//! renders empty, and a group's order and cancels across a restart.
 //!
 //! The runs are shell scripts that write timestamped markers (`start`,
 //! `term` when SIGTERM arrives, `end`) into the test's folder, so the tests
@@ -649,4 +649,65 @@ wait $!
         setup.read("log")
     );
     setup.kill_run("A");
+}
+
+#[test]
+fn a_member_running_at_a_stop_runs_again_before_the_newer_ones_of_its_group() {
+    // A runs (holding the one worker) when B arrives; three more runs fill
+    // what the dispatcher may lease, so B is never looked at before the
+    // stop. After the restart A, the older, must run again before B.
+    let setup = Setup::new(
+        r#"  - name: review
+    source: github
+    event: push
+    actions:
+      - shell: ["@DIR@/hold.sh", "{{ body.name }}"]
+        group: { key: one }
+        timeout: 30s
+  - name: fill
+    source: github
+    event: pull_request
+    actions:
+      - shell: ["@DIR@/hold.sh", "H1"]
+      - shell: ["@DIR@/hold.sh", "H2"]
+      - shell: ["@DIR@/hold.sh", "H3"]
+"#,
+    );
+    setup.script(
+        "hold.sh",
+        r#"#!/bin/sh
+dir="$(dirname "$0")"
+echo "$$" > "$dir/pid-$1"
+echo "start $1 $(date +%s%3N)" >> "$dir/log"
+[ -e "$dir/held-$1" ] && exit 0
+[ "$1" = B ] && exit 0
+touch "$dir/held-$1"
+sleep 30 &
+wait $!
+"#,
+    );
+    let mut server = setup
+        .opts()
+        .args(&["--workers", "1", "--grace", "100ms"])
+        .start();
+    let a = send_raw(&server, "push", &json!({ "name": "A" }));
+    setup.wait_mark("start", "A");
+    send_raw(&server, "pull_request", &json!({ "n": 1 }));
+    let b = send_raw(&server, "push", &json!({ "name": "B" }));
+    std::thread::sleep(Duration::from_millis(200));
+    server.terminate().expect("server stopped");
+    for name in ["A", "H1", "H2", "H3"] {
+        setup.kill_run(name);
+    }
+
+    let server = setup.start();
+    wait_states(&server, &a, &["done"]);
+    wait_states(&server, &b, &["done"]);
+    let order: Vec<String> = setup
+        .marks()
+        .into_iter()
+        .filter(|m| m.name == "A" || m.name == "B")
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(order, ["A", "A", "B"], "{}", setup.read("log"));
 }
