@@ -391,7 +391,6 @@ impl Dispatcher {
             let now = unix_ms(SystemTime::now());
             match self.store.lease(now, room, LEASE_MS).await {
                 Ok(leases) => {
-                    self.stop(&leases.stop);
                     let batch = leases.leased;
                     let full = batch.len() == room;
                     self.backlog.store(full, Ordering::Release);
@@ -399,6 +398,10 @@ impl Dispatcher {
                         self.in_flight.fetch_add(1, Ordering::AcqRel);
                         self.clone().dispatch(leased);
                     }
+                    // After the dispatch registered their tokens: a member
+                    // let in by this lease may be cancelled by a newer one
+                    // in the same lease.
+                    self.stop(&leases.stop);
                     if full {
                         continue;
                     }

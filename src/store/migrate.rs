@@ -64,14 +64,21 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
                     continue;
                 }
                 rec.state = DeliveryState::Pending;
-                rec.due_at_ms = now;
+                // Its attempt started before the stop: `start_within` is
+                // met, and the run is owed again (at least once), not
+                // expired.
+                rec.deadline_ms = None;
                 // A group member rejoins its group's queue at its place (ids
-                // are arrival order), ahead of the members that waited.
+                // are arrival order), ahead of the members that waited. It
+                // keeps the time it was due: made due as its group's head,
+                // it must sort ahead of newer members never yet looked at,
+                // which wait in `due` at their arrival times.
                 if let Some(slot) = &rec.group {
                     rec.waited = true;
                     let gid = group_id(&rec, slot);
                     t.group_wait.insert((gid.as_str(), id), ())?;
                 } else {
+                    rec.due_at_ms = now;
                     t.due.insert((now, id), ())?;
                 }
                 t.put_delivery(&rec)?;

@@ -628,6 +628,10 @@ pub(super) fn lease(
             continue;
         }
         if expire_if_late(t, &mut rec, now, fx)? {
+            // Taken from `due`, it may have been its group's head, made due
+            // when room appeared: the next waiting member takes its turn.
+            // When it was not, the head is only looked at once more.
+            promote(t, &rec, fx)?;
             continue;
         }
         let Some(slot) = rec.group.clone() else {

@@ -16,6 +16,7 @@
 //! | hostile clients: slow, flooding, huge, malformed, JSON bombs | `hostile.rs` |
 //! | actions: HTTP retries and signing, shell, `on_failure`, replay, concurrency | `actions.rs` |
 //! | agent controls: cancel by hand, cancelled runs across `kill -9`, replay | `agent.rs` |
+//! | agent controls: groups, `then:`, `stdin:`, `start_within:`, the `cancel:` action | `agent_groups.rs` |
 //! | a Standard Webhooks verifier written from the spec, used by `actions.rs` | `standard_verifier.rs` |
 //! | the bounded worker pool | `workers.rs` |
 //! | hot reload: watcher, SIGHUP, failed reloads | `reload.rs` |
@@ -35,6 +36,7 @@ mod actions;
 mod admin;
 mod admin_guard;
 mod agent;
+mod agent_groups;
 mod check;
 mod cli_help;
 mod crash;
