@@ -375,7 +375,7 @@ fn deliveries_inner(
     ))
 }
 
-/// `hookrouter replay KEY [--rule NAME]`.
+/// `hookrouter cancel KEY [--rule NAME]`.
 pub fn cancel(target: &Target, key: &str, rule: Option<&str>, json: bool) -> ExitCode {
     finish(cancel_inner(target, key, rule, json))
 }
@@ -386,28 +386,10 @@ fn cancel_inner(
     rule: Option<&str>,
     json: bool,
 ) -> Result<String, InspectError> {
-    let rt = runtime()?;
-    let value = match target {
-        Target::Admin { url, token } => {
-            let mut u = format!("{}/api/cancel/{key}", base(url));
-            if let Some(r) = rule {
-                let _ = write!(
-                    u,
-                    "?rule={}",
-                    form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
-                );
-            }
-            rt.block_on(call("POST", &u, token.as_deref()))?
-        }
-        Target::Data(path) => {
-            let store = open(path)?;
-            let value = rt
-                .block_on(ops::cancel(&store, key, rule))
-                .map_err(|e| InspectError::Message(e.to_string()))?;
-            let _ = rt.block_on(store.close());
-            value
-        }
-    };
+    let value = event_op(target, "cancel", key, rule, |rt, store| {
+        rt.block_on(ops::cancel(store, key, rule))
+            .map_err(|e| InspectError::Message(e.to_string()))
+    })?;
     if json {
         return Ok(format!("{value}\n"));
     }
@@ -418,6 +400,38 @@ fn cancel_inner(
     ))
 }
 
+/// Run an operation on one event (`replay`, `cancel`): a POST to
+/// `/api/OP/KEY[?rule=R]` on a running server, or `local` on the data file.
+fn event_op(
+    target: &Target,
+    op: &str,
+    key: &str,
+    rule: Option<&str>,
+    local: impl FnOnce(&tokio::runtime::Runtime, &Store) -> Result<Value, InspectError>,
+) -> Result<Value, InspectError> {
+    let rt = runtime()?;
+    match target {
+        Target::Admin { url, token } => {
+            let mut u = format!("{}/api/{op}/{key}", base(url));
+            if let Some(r) = rule {
+                let _ = write!(
+                    u,
+                    "?rule={}",
+                    form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
+                );
+            }
+            rt.block_on(call("POST", &u, token.as_deref()))
+        }
+        Target::Data(path) => {
+            let store = open(path)?;
+            let value = local(&rt, &store);
+            let _ = rt.block_on(store.close());
+            value
+        }
+    }
+}
+
+/// `hookrouter replay KEY [--rule NAME]`.
 pub fn replay(target: &Target, key: &str, rule: Option<&str>, json: bool) -> ExitCode {
     finish(replay_inner(target, key, rule, json))
 }
@@ -428,28 +442,12 @@ fn replay_inner(
     rule: Option<&str>,
     json: bool,
 ) -> Result<String, InspectError> {
-    let rt = runtime()?;
-    let value = match target {
-        Target::Admin { url, token } => {
-            let mut u = format!("{}/api/replay/{key}", base(url));
-            if let Some(r) = rule {
-                let _ = write!(
-                    u,
-                    "?rule={}",
-                    form_urlencoded::byte_serialize(r.as_bytes()).collect::<String>()
-                );
-            }
-            rt.block_on(call("POST", &u, token.as_deref()))?
-        }
-        Target::Data(path) => {
-            let store = open(path)?;
-            let ids = rt
-                .block_on(ops::replay(None, &store, key, rule))
-                .map_err(|e| InspectError::Message(e.to_string()))?;
-            let _ = rt.block_on(store.close());
-            serde_json::json!({ "status": "replayed", "deliveries": ids })
-        }
-    };
+    let value = event_op(target, "replay", key, rule, |rt, store| {
+        let ids = rt
+            .block_on(ops::replay(None, store, key, rule))
+            .map_err(|e| InspectError::Message(e.to_string()))?;
+        Ok(serde_json::json!({ "status": "replayed", "deliveries": ids }))
+    })?;
     if json {
         return Ok(format!("{value}\n"));
     }
