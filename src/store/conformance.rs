@@ -154,6 +154,7 @@ both!(
     retry_waits_for_its_due_time,
     replay_runs_again,
     prune_removes_finished_events,
+    cancel_ends_waiting_and_marks_running,
 );
 
 fn event(id: &str) -> Event {
@@ -367,6 +368,54 @@ async fn prune_removes_finished_events(e: Engine) {
     assert!(event_of(s, &open_key).await.is_some(), "work left: kept");
     // Its dedup key went with it: the same id is a new event now.
     accepted(s, new_event("old", now, 1)).await;
+}
+
+async fn cancel_ends_waiting_and_marks_running(e: Engine) {
+    let s = e.store();
+    let (running_key, running) = accepted(s, new_event("c1", clock::now_ms(), 1)).await;
+    assert_eq!(
+        s.lease_due(clock::now_ms(), 10, 30_000)
+            .await
+            .expect("lease")
+            .len(),
+        1
+    );
+    let (waiting_key, _) = accepted(s, new_event("c2", clock::now_ms(), 2)).await;
+    let out = s
+        .cancel_event(&waiting_key, None, "by hand")
+        .await
+        .expect("cancel");
+    assert_eq!((out.cancelled, out.stopping.len()), (2, 0));
+    let out = s
+        .cancel_event(&running_key, None, "by hand")
+        .await
+        .expect("cancel");
+    assert_eq!(out.stopping, running);
+    // Whatever its attempt did, a marked run ends cancelled.
+    s.finish(running[0], ok(clock::now_ms()), Next::Done)
+        .await
+        .expect("finish");
+    for key in [&running_key, &waiting_key] {
+        let d = event_of(s, key).await.expect("stored");
+        assert!(
+            d.deliveries
+                .iter()
+                .all(|d| d.record.state == DeliveryState::Cancelled
+                    && d.record.cancel.as_deref() == Some("by hand")),
+            "{d:?}"
+        );
+    }
+    assert!(
+        s.lease_due(clock::now_ms(), 10, 30_000)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    let err = s
+        .cancel_event("nope", None, "x")
+        .await
+        .expect_err("unknown");
+    assert!(err.is_not_found());
 }
 
 /// PostgreSQL only: replicas that share leases.

@@ -65,6 +65,19 @@ impl PgStore {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
+                // A marked run whose replica died never finishes: it ends
+                // cancelled when its lease runs out, and never runs again.
+                txn.execute(
+                    &format!(
+                        "UPDATE hookrouter_deliveries SET state = 'cancelled',
+                           lease_token = NULL, lease_until_ms = NULL
+                         WHERE state = 'leased' AND cancel IS NOT NULL
+                           AND lease_until_ms <= {DB_NOW_MS}"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db_err)?;
                 let rows = txn
                     .query(&claim, &[&to_db(now_ms), &limit, &self.lease_ttl_ms()])
                     .await
