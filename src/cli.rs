@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::admin_guard::Authority;
-use crate::cmd::{self, OutputFormat, check, inspect, serve, sign, test};
+use crate::cmd::{self, OutputFormat, check, inspect, migrate, serve, sign, test};
+use crate::store::StoreUrl;
 use crate::telemetry::LogFormat;
 
 const AFTER_HELP: &str = "\
@@ -42,6 +43,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve webhooks (the default command).
@@ -49,6 +52,11 @@ pub enum Command {
         after_help = "Example:\n  hookrouter serve --rules rules/ --listen 127.0.0.1:9000 --data /var/lib/hookrouter/hookrouter.redb"
     )]
     Serve(ServeArgs),
+    /// Create or upgrade the store's schema, then exit (serve does it too).
+    #[command(
+        after_help = "Example:\n  hookrouter migrate --store postgres://hookrouter@db.internal:5432/hookrouter"
+    )]
+    Migrate(MigrateArgs),
     /// Load and compile rules and run their embedded tests; no network, no data file.
     #[command(
         after_help = "Examples:\n  hookrouter check --rules rules/\n  hookrouter check --rules rules/ --format json --deny-warnings"
@@ -237,6 +245,26 @@ pub struct ServeArgs {
         default_value = "hookrouter.redb"
     )]
     pub data: PathBuf,
+    /// Where events and deliveries are stored: redb:PATH (one server; the
+    /// default, redb: with --data) or postgres://USER@HOST:PORT/DB (any
+    /// number of replicas; ?sslmode=require|verify-full uses TLS). With
+    /// postgres://, --data only places the shell actions' files directory.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HOOKROUTER_STORE",
+        hide_env_values = true
+    )]
+    pub store: Option<StoreUrl>,
+    /// PostgreSQL: how long a delivery's lease lasts unless renewed (it is
+    /// renewed while it runs); a dead replica's deliveries are taken over
+    /// this long after it stopped.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_LEASE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub lease_ttl: std::time::Duration,
+    /// PostgreSQL: the most a call to the database may take; slower or
+    /// down, webhooks are answered 503 with Retry-After and /readyz fails.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub store_timeout: std::time::Duration,
     /// Address of the admin API and metrics; off unless given. It answers
     /// only requests addressed to its own address, localhost, a loopback
     /// address or an --admin-host name (else 421), and refuses changes sent
@@ -320,6 +348,21 @@ pub struct ServeArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// The store: redb:PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HOOKROUTER_STORE",
+        hide_env_values = true
+    )]
+    pub store: StoreUrl,
+    /// The most a call to the database may take.
+    #[arg(long, value_name = "DURATION", env = "HOOKROUTER_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub store_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
     pub rules: RulesArg,
@@ -360,7 +403,12 @@ impl ServeArgs {
         serve::Config {
             rules: self.rules.rules,
             listen: self.listen,
+            store: self
+                .store
+                .unwrap_or_else(|| StoreUrl::Redb(self.data.clone())),
             data: self.data,
+            lease_ttl: self.lease_ttl,
+            store_timeout: self.store_timeout,
             admin: self.admin,
             admin_token: self.admin_token,
             admin_hosts: self.admin_hosts,
@@ -420,6 +468,7 @@ pub fn main() -> ExitCode {
         Command::Cancel(a) => {
             inspect::cancel(&a.store.target(), &a.key, a.rule.as_deref(), a.store.json)
         }
+        Command::Migrate(a) => migrate::run(&a.store, a.store_timeout),
         Command::Sign(a) => sign::run(&sign::Options {
             provider: a.provider,
             secret: a.secret,

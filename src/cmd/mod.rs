@@ -2,7 +2,7 @@
 //!
 //! `serve` runs the server, `check` validates rules and runs their tests,
 //! `test` dry-runs one request, `inspect` holds `events`, `deliveries` and
-//! `replay`, and `sign` prints a provider's headers for a body. Each takes
+//! `replay`, `migrate` creates or upgrades the store's schema, and `sign` prints a provider's headers for a body. Each takes
 //! its options as plain values and returns the process's exit code (0 ok,
 //! 1 invalid rules or a failed check, 2 usage or I/O error); none of them
 //! knows about clap, so nothing below the command line imports `cli`.
@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod inspect;
+pub mod migrate;
 pub mod serve;
 pub mod sign;
 pub mod test;

@@ -26,7 +26,7 @@ use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadStatus, Reloader};
 use crate::server::{self, Ingress, Limits};
-use crate::store::Store;
+use crate::store::{PgOptions, Store, StoreUrl};
 use crate::telemetry::{self, LogFormat};
 
 /// Everything `serve` is configured with; see `hookrouter serve --help`
@@ -36,6 +36,10 @@ pub struct Config {
     pub rules: Vec<PathBuf>,
     pub listen: String,
     pub data: PathBuf,
+    /// Where the store is; `redb:` with `data` unless `--store` said.
+    pub store: StoreUrl,
+    pub lease_ttl: Duration,
+    pub store_timeout: Duration,
     pub admin: Option<String>,
     pub admin_token: Option<String>,
     pub admin_hosts: Vec<Authority>,
@@ -100,16 +104,29 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let store = match Store::open(&args.data) {
+    if let StoreUrl::Postgres(_) = &args.store {
+        if let Some(why) = unsupported_on_postgres(&loaded.rules) {
+            tracing::error!(store = %args.store.describe(), "Cannot serve these rules on PostgreSQL yet: {why}.");
+            return ExitCode::from(2);
+        }
+    }
+    let opts = PgOptions {
+        lease_ttl: args.lease_ttl,
+        timeout: args.store_timeout,
+    };
+    let store = match Store::open_url(&args.store, opts).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(path = %args.data.display(), error = %e, "Cannot open the data file.");
+            tracing::error!(store = %args.store.describe(), error = %e, "Cannot open the store.");
             return ExitCode::from(2);
         }
     };
     // Only now, holding the data file: another server on the same file
     // cannot have got this far, so nothing in the base is in use.
-    let files_dir = actions::shell::files_base(&args.data);
+    let files_dir = actions::shell::files_base(match &args.store {
+        StoreUrl::Redb(path) => path,
+        StoreUrl::Postgres(_) => &args.data,
+    });
     if let Err(e) = actions::shell::prepare_files_base(&files_dir) {
         tracing::warn!(path = %files_dir.display(), error = %e, "Cannot prepare the directory for shell actions' files; actions with files: will fail.");
     }
@@ -189,6 +206,7 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             sources = set.sources.len(),
             rules = set.rules.len(),
             data = %args.data.display(),
+            store = %args.store.describe(),
             "Listening for webhooks."
         );
     }
@@ -385,4 +403,29 @@ fn raise_open_files_limit() {
     {
         tracing::debug!(error = %e, "Cannot raise the open-file limit.");
     }
+}
+
+/// What of the rules the PostgreSQL store does not decide yet (groups,
+/// `then:` children, `start_within`), so a server refuses to start rather
+/// than ignore them.
+fn unsupported_on_postgres(rules: &crate::rules::RuleSet) -> Option<String> {
+    fn check(rule: &str, actions: &[crate::rules::Action]) -> Option<String> {
+        for a in actions {
+            if a.group.is_some() {
+                return Some(format!("rule {rule:?} uses group:"));
+            }
+            if !a.then.is_empty() {
+                return Some(format!("rule {rule:?} uses then:"));
+            }
+            if a.start_within.is_some() {
+                return Some(format!("rule {rule:?} uses start_within:"));
+            }
+        }
+        None
+    }
+    rules.rules.iter().find_map(|r| {
+        check(&r.name, &r.actions)
+            .or_else(|| check(&r.name, &r.on_failure))
+            .or_else(|| check(&r.name, &r.on_cancel))
+    })
 }

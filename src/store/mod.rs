@@ -16,8 +16,12 @@
 //! them from `spawn_blocking` (or use [`Store::read`]). redb read transactions
 //! are snapshots and run concurrently with the writer.
 
+#[cfg(test)]
+mod conformance;
+mod handle;
 mod migrate;
 mod ops;
+pub mod pg;
 mod prune;
 mod schema;
 #[cfg(test)]
@@ -33,6 +37,8 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use handle::{Store, StoreUrl};
+pub use pg::{PgOptions, PgStore};
 pub use types::{
     Attempt, AttemptOutcome, BatchStats, CancelOutcome, Committed, DedupKey, DeliveryCounts,
     DeliveryDetail, DeliveryId, DeliveryRecord, DeliveryState, EventDetail, EventSummary,
@@ -83,6 +89,8 @@ pub enum StoreError {
     UnknownDelivery(DeliveryId),
     #[error("internal store error: {0}")]
     Internal(&'static str),
+    #[error("database error: {0}")]
+    Database(String),
 }
 
 impl StoreError {
@@ -119,15 +127,15 @@ from_redb!(
     redb::CommitError,
 );
 
-/// Handle to the store. Cheap to clone; all clones share one database and one
-/// writer thread.
+/// The redb engine of the store. Cheap to clone; all clones share one
+/// database and one writer thread.
 ///
 /// Dropping the last handle stops the writer after it has answered everything
 /// already queued, and waits for it (a short block of the dropping thread),
 /// so the file is closed and can be reopened as soon as the drop returns.
 /// [`Store::close`] does the same without blocking.
 #[derive(Clone)]
-pub struct Store {
+pub struct RedbStore {
     inner: Arc<Inner>,
 }
 
@@ -157,20 +165,20 @@ impl Drop for Inner {
     }
 }
 
-impl std::fmt::Debug for Store {
+impl std::fmt::Debug for RedbStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").finish_non_exhaustive()
+        f.debug_struct("RedbStore").finish_non_exhaustive()
     }
 }
 
-impl Store {
+impl RedbStore {
     /// Opens or creates the redb file at `path` and starts the writer thread.
     ///
     /// Deliveries left `Leased` by a process that stopped become `Pending`,
     /// due now: their worker may or may not have run the action, and
     /// at-least-once means running it again. Blocks on file I/O (and on
     /// redb's repair after an unclean shutdown).
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
@@ -205,7 +213,7 @@ impl Store {
         if pending > 0 {
             shared.notify.notify_one();
         }
-        Ok(Store {
+        Ok(RedbStore {
             inner: Arc::new(Inner {
                 db,
                 tx: Some(tx),
@@ -546,19 +554,6 @@ impl Store {
     pub fn is_writable(&self) -> bool {
         let running = self.inner.tx.as_ref().is_some_and(|tx| !tx.is_closed());
         running && !self.inner.shared.counters.last_failed()
-    }
-
-    /// Runs a blocking read (any of the sync read methods) on tokio's blocking
-    /// pool: `store.read(|s| s.queue_depth()).await`.
-    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
-    where
-        F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
-        T: Send + 'static,
-    {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|_| StoreError::Internal("store read task failed"))?
     }
 
     // ---- read side: blocking, snapshot reads ----

@@ -43,7 +43,7 @@ impl KeyGen {
         Ok(KeyGen(ulid::Generator::new(), rng))
     }
 
-    fn next(&mut self, ms: u64) -> String {
+    pub(super) fn next(&mut self, ms: u64) -> String {
         let at = clock::from_unix_ms(ms);
         match self.0.generate_from_datetime_with_source(at, &mut self.1) {
             Ok(u) => u.to_string(),

@@ -88,7 +88,7 @@ fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
     store: &Store,
     table: redb::TableDefinition<'_, K, V>,
 ) -> u64 {
-    let txn = store.inner.db.begin_read().expect("read");
+    let txn = store.redb_db().begin_read().expect("read");
     let t = txn.open_table(table).expect("table");
     redb::ReadableTableMetadata::len(&t).expect("len")
 }
@@ -1139,7 +1139,7 @@ async fn a_layout_1_file_is_migrated() {
     let stats = store.prune(1_000 + WINDOW, 0).await.expect("prune");
     assert_eq!((stats.events, stats.dedup_keys), (1, 2));
     assert_eq!(depth(&store).done, 0);
-    let txn = store.inner.db.begin_read().expect("read");
+    let txn = store.redb_db().begin_read().expect("read");
     let tables: Vec<String> = txn
         .list_tables()
         .expect("tables")
@@ -1247,7 +1247,7 @@ async fn a_layout_2_file_with_json_delivery_rows_opens_and_runs() {
     let done = run_all(&store, 2_000, "ok", Next::Done).await;
     assert_eq!(done, ids);
     assert_eq!(depth(&store).done, 1);
-    let txn = store.inner.db.begin_read().expect("read");
+    let txn = store.redb_db().begin_read().expect("read");
     let meta = txn.open_table(schema::META).expect("meta");
     assert_eq!(
         meta.get(schema::META_SCHEMA)
@@ -1309,7 +1309,7 @@ fn grouped(key: &str, on_busy: crate::rules::OnBusy) -> NewDelivery {
 }
 
 fn record(store: &Store, id: DeliveryId) -> DeliveryRecord {
-    let txn = store.inner.db.begin_read().expect("read");
+    let txn = store.redb_db().begin_read().expect("read");
     let t = txn.open_table(DELIVERIES).expect("table");
     load_delivery(&t, id).expect("load").expect("row")
 }

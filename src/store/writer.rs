@@ -136,7 +136,7 @@ pub(super) struct Counters {
 }
 
 impl Counters {
-    fn committed(&self, commands: usize) {
+    pub(super) fn committed(&self, commands: usize) {
         let n = u64::try_from(commands).unwrap_or(u64::MAX);
         self.transactions.fetch_add(1, Ordering::Relaxed);
         self.last_failed.store(false, Ordering::Relaxed);
@@ -151,7 +151,7 @@ impl Counters {
         }
     }
 
-    fn failed(&self) {
+    pub(super) fn failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
         self.last_failed.store(true, Ordering::Relaxed);
     }

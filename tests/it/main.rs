@@ -28,6 +28,7 @@
 //! | shutdown: draining on SIGTERM, the second signal | `shutdown.rs` |
 //! | `kill -9` right after a 202 and mid-burst | `crash.rs` |
 //! | `kill -9` during a stream of events, a few times over | `soak.rs` |
+//! | the PostgreSQL store: one server, two replicas, `migrate` | `postgres.rs` |
 //!
 //! Helpers shared by these files (starting the server, signed requests,
 //! the receiver that stands in for services) are in `support/`.
@@ -47,6 +48,7 @@ mod hostile;
 mod liveness;
 mod log_fields;
 mod logging;
+mod postgres;
 mod providers;
 mod reload;
 mod retention;
