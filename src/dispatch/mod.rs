@@ -18,29 +18,37 @@
 //! already leased and run through the returned `Claim` without a trip
 //! through the queue. This module imports nothing from `ingest`, or from
 //! anything else that handles requests (see `lib.rs`).
+//!
+//! This file holds the `Dispatcher`, its pool, lanes and claims, and the
+//! loop that leases from the queue; `attempt` runs one leased delivery and
+//! records how it went, `running` keeps the cancel tokens of running
+//! deliveries, and `plan` turns a rule's actions into new deliveries.
+
+mod attempt;
+mod plan;
+mod running;
+
+use plan::Reactions;
+pub use plan::{plan_delivery, plan_delivery_plain};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use rand::SeedableRng as _;
 use rand::rngs::SmallRng;
-use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::actions::render;
-use crate::actions::{self, AttemptResult, Job, Verdict};
+use crate::actions;
 use crate::clock::unix_ms;
 use crate::metrics::Metrics;
-use crate::rules::{Action, ActionKind, ActionList, ActionRef, RetryPolicy, Rule, RuleSet};
-use crate::store::{
-    Attempt, AttemptOutcome, DeliveryId, FailureContext, FollowUps, GroupSlot, Leased, NewDelivery,
-    Next, Store,
-};
+use crate::rules::{ActionRef, RetryPolicy, RuleSet};
+use crate::store::{DeliveryId, Leased, NewDelivery, Store};
 
 /// A lease outlives any action timeout; it only matters if a worker hangs,
 /// since a restart frees every lease of the dead process.
@@ -83,108 +91,6 @@ pub struct Dispatcher {
     running: Mutex<HashMap<DeliveryId, CancellationToken>>,
     /// The base of each attempt's `files:` directory.
     files_dir: PathBuf,
-}
-
-/// The message of the group-key error: the key is what makes a group, and
-/// an empty one would put unrelated events together.
-const EMPTY_GROUP_KEY: &str = "group key rendered empty";
-
-/// A delivery of `action` (at `index` of `rule`'s `list`, then `then`),
-/// planned with `ctx`: its group key rendered once, here, and its
-/// `start_within`. A key that renders empty or fails makes the delivery an
-/// error (created dead, with the rule's on_failure).
-pub fn plan_delivery(
-    set: &RuleSet,
-    rule: &Rule,
-    list: ActionList,
-    index: u32,
-    then: &[u32],
-    action: &Action,
-    ctx: &minijinja::Value,
-) -> NewDelivery {
-    let mut d = plan_delivery_plain(rule, list, index, then, action);
-    if let Some(group) = &action.group {
-        let key = match set.templates.render(&group.key, ctx) {
-            Ok(k) if k.trim().is_empty() => Err(EMPTY_GROUP_KEY.to_owned()),
-            Ok(k) => Ok(k),
-            Err(e) => Err(format!(
-                "group key did not render: {}",
-                set.redact(&e.to_string())
-            )),
-        };
-        match key {
-            Ok(key) => {
-                d.group = Some(GroupSlot {
-                    key,
-                    limit: group.limit.max(1),
-                    on_busy: group.on_busy,
-                });
-            }
-            Err(e) => d.error = Some(e),
-        }
-    }
-    d
-}
-
-/// [`plan_delivery`] without a group key: for actions without `group:`,
-/// or when the key comes from elsewhere (a replay keeps the stored one).
-pub fn plan_delivery_plain(
-    rule: &Rule,
-    list: ActionList,
-    index: u32,
-    then: &[u32],
-    action: &Action,
-) -> NewDelivery {
-    let mut d = NewDelivery::new(&rule.name, list, index, action.kind.action_type());
-    d.then = then.to_vec();
-    d.start_within_ms = action
-        .start_within
-        .map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
-    d
-}
-
-/// The rules' reactions the store creates itself (expiry, cancel, a
-/// delivery that could not be planned), from the current rule set.
-struct Reactions(Arc<ArcSwap<RuleSet>>);
-
-impl FollowUps for Reactions {
-    fn on_failure(&self, rule: &str, failure: &FailureContext) -> Vec<NewDelivery> {
-        let set = self.0.load();
-        let Some(rule) = set.rule(rule) else {
-            return Vec::new();
-        };
-        list_deliveries(rule, ActionList::OnFailure, |d| {
-            d.on_failure = Some(failure.clone());
-        })
-    }
-
-    fn on_cancel(&self, rule: &str, reason: &str) -> Vec<NewDelivery> {
-        let set = self.0.load();
-        let Some(rule) = set.rule(rule) else {
-            return Vec::new();
-        };
-        list_deliveries(rule, ActionList::OnCancel, |d| {
-            d.cancel_reason = Some(reason.to_owned());
-        })
-    }
-}
-
-/// One delivery per action of `rule`'s `list`, each adjusted by `with`.
-fn list_deliveries(
-    rule: &Rule,
-    list: ActionList,
-    with: impl Fn(&mut NewDelivery),
-) -> Vec<NewDelivery> {
-    rule.list(list)
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let mut d =
-                plan_delivery_plain(rule, list, u32::try_from(i).unwrap_or(u32::MAX), &[], a);
-            with(&mut d);
-            d
-        })
-        .collect()
 }
 
 /// Worker slots reserved for the deliveries of one event about to be
@@ -281,42 +187,6 @@ impl Dispatcher {
                 files_dir,
             }
         })
-    }
-
-    /// Stops the runs of `ids` now (those not running here have nothing
-    /// to stop: the store's record decides their end).
-    pub fn stop(&self, ids: &[DeliveryId]) {
-        if ids.is_empty() {
-            return;
-        }
-        let running = match self.running.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        for id in ids {
-            if let Some(token) = running.get(id) {
-                tracing::info!(delivery = id, "Stopping a cancelled run.");
-                token.cancel();
-            }
-        }
-    }
-
-    /// The cancel token of a delivery about to run, registered so that a
-    /// cancel arriving before the run starts still stops it.
-    fn token(&self, id: DeliveryId) -> CancellationToken {
-        let mut running = match self.running.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        running.entry(id).or_default().clone()
-    }
-
-    fn forget(&self, id: DeliveryId) {
-        let mut running = match self.running.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        running.remove(&id);
     }
 
     /// Reserves a worker slot for each of `deliveries` if all of them can run
@@ -502,315 +372,6 @@ impl Dispatcher {
         }
         tx
     }
-
-    async fn execute(&self, leased: Leased) {
-        let started = Instant::now();
-        let at_ms = unix_ms(SystemTime::now());
-        let set = self.rules.load_full();
-        let d = &leased.delivery;
-        let at = d.action_ref();
-        let rule = set.rule(&at.rule);
-        let action = set.action(&at);
-        let cancel = self.token(d.id);
-        let ctx = rule.map(|rule| self.context(rule, &leased));
-        let ran = match (rule, action, &ctx) {
-            (Some(rule), Some(action), Some(ctx)) => {
-                self.attempt(&set, rule, action, &leased, ctx, &cancel)
-                    .await
-            }
-            _ => Ran::Result(AttemptResult::fail(
-                None,
-                format!(
-                    "rule {:?} or its action {} no longer exists",
-                    d.rule,
-                    d.action + 1
-                ),
-            )),
-        };
-        let result = match ran {
-            Ran::Result(r) => r,
-            Ran::Skipped(why) => {
-                tracing::info!(event_id = %leased.event.id, rule = %d.rule, action = d.action + 1, "Delivery skipped: its when: is not true.");
-                let attempt = Attempt {
-                    at_ms,
-                    duration_ms: 0,
-                    outcome: AttemptOutcome::Ok,
-                    status: None,
-                    detail: Some(why),
-                };
-                if let Err(e) = self
-                    .store
-                    .finish_with(d.id, attempt, Next::Skipped, Vec::new())
-                    .await
-                {
-                    tracing::error!(event_id = %leased.event.id, delivery = d.id, error = %e, "Recording the skip failed.");
-                }
-                self.forget(d.id);
-                self.release(1);
-                return;
-            }
-        };
-        let attempt_no = d.attempts + 1;
-        let policy = action.map_or(RetryPolicy::NONE, |a| a.retry);
-        let next = match &result.verdict {
-            // A stopped run ends as the store's cancel request says; a
-            // retry would only be refused.
-            _ if cancel.is_cancelled() => Next::Dead,
-            Verdict::Done => Next::Done,
-            Verdict::Fail => Next::Dead,
-            Verdict::Retry { .. } if attempt_no >= policy.attempts => Next::Dead,
-            Verdict::Retry { after } => {
-                let jitter = match self.jitter.lock() {
-                    Ok(mut rng) => rng.random_range(-0.2..=0.2),
-                    Err(poisoned) => poisoned.into_inner().random_range(-0.2..=0.2),
-                };
-                let delay = backoff(&policy, attempt_no, *after, jitter);
-                Next::RetryAt(
-                    unix_ms(SystemTime::now())
-                        + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                )
-            }
-        };
-        let detail = set.redact(&result.detail);
-        let follow_ups = match (next, rule, action) {
-            (Next::Dead, Some(rule), _)
-                if at.list == ActionList::Actions && !cancel.is_cancelled() =>
-            {
-                failure_deliveries(rule, &leased, attempt_no, &detail)
-            }
-            (Next::Done, Some(rule), Some(action)) if !action.then.is_empty() => {
-                self.then_children(&set, rule, action, &leased, &result, ctx.as_ref())
-            }
-            _ => Vec::new(),
-        };
-        let outcome = match (&result.verdict, next) {
-            (Verdict::Done, _) => AttemptOutcome::Ok,
-            (_, Next::RetryAt(_)) => AttemptOutcome::Retry,
-            _ => AttemptOutcome::Dead,
-        };
-        self.metrics
-            .record_attempt(d.kind, outcome, started.elapsed().as_secs_f64());
-        let event_id = &leased.event.id;
-        // `status` is passed as the `Option` itself: tracing records the
-        // number when there is one and leaves the field out when there is
-        // none (a log action, a refused connection), never `Some(..)`/`None`.
-        match next {
-            _ if cancel.is_cancelled() => {
-                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, "Delivery cancelled.")
-            }
-            Next::Done => {
-                tracing::info!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, "Delivery done.")
-            }
-            Next::RetryAt(due) => {
-                tracing::warn!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, retry_in_ms = due.saturating_sub(at_ms), error = %detail, "Delivery failed; will retry.")
-            }
-            Next::Dead | Next::Skipped => {
-                tracing::error!(event_id = %event_id, rule = %d.rule, action = d.action + 1, attempt = attempt_no, status = result.status, error = %detail, "Delivery dead.")
-            }
-        }
-        let attempt = Attempt {
-            at_ms,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            outcome,
-            status: result.status,
-            detail: (!detail.is_empty()).then_some(detail),
-        };
-        if let Err(e) = self
-            .store
-            .finish_with(d.id, attempt, next, follow_ups)
-            .await
-        {
-            // The lease stays; the delivery runs again after a restart.
-            tracing::error!(event_id = %event_id, delivery = d.id, error = %e, "Recording the attempt failed.");
-        }
-        self.forget(d.id);
-        self.release(1);
-    }
-
-    /// The template context of a delivery: the event's, plus `failure` for
-    /// an on_failure delivery, `result` for a `then:` child and `cancel`
-    /// for an on_cancel delivery.
-    fn context(&self, rule: &Rule, leased: &Leased) -> minijinja::Value {
-        let d = &leased.delivery;
-        let failure = d.on_failure.as_ref().map(|f| failure_json(rule, f));
-        let ctx = render::context(&leased.event, &rule.name, failure.as_ref());
-        match (&d.result, &d.cancel_reason) {
-            (Some(result), _) => minijinja::context! {
-                result => minijinja::Value::from(minijinja::value::Serde(result)),
-                ..ctx
-            },
-            (None, Some(reason)) => minijinja::context! {
-                cancel => minijinja::context! { reason => reason },
-                ..ctx
-            },
-            (None, None) => ctx,
-        }
-    }
-
-    async fn attempt(
-        &self,
-        set: &RuleSet,
-        rule: &Rule,
-        action: &Action,
-        leased: &Leased,
-        ctx: &minijinja::Value,
-        cancel: &CancellationToken,
-    ) -> Ran {
-        let d = &leased.delivery;
-        if let Some(when) = &action.when {
-            match set.templates.render(when, ctx) {
-                Ok(v) if v.trim().eq_ignore_ascii_case("true") => {}
-                Ok(v) => {
-                    return Ran::Skipped(format!("when: rendered {:?}", set.redact(v.trim())));
-                }
-                Err(e) => {
-                    return Ran::Result(AttemptResult::fail(None, format!("when: {e}")));
-                }
-            }
-        }
-        if cancel.is_cancelled() {
-            return Ran::Result(AttemptResult::fail(
-                None,
-                "cancelled before it started".to_owned(),
-            ));
-        }
-        if let ActionKind::Cancel(c) = &action.kind {
-            return Ran::Result(self.cancel_action(set, rule, c, leased, ctx).await);
-        }
-        let job = Job {
-            action,
-            context: ctx,
-            rule: &rule.name,
-            event_id: &leased.event.id,
-            event_key: &d.event_key,
-            delivery: d.id,
-            cancel,
-            files_dir: &self.files_dir,
-        };
-        // A cancel drops an HTTP call, and sends a process group SIGTERM
-        // then, after the action's kill_grace, SIGKILL.
-        Ran::Result(actions::run(set, &self.client, job).await)
-    }
-
-    /// A `cancel:` action: cancels the deliveries of the named rule whose
-    /// group key is the rendered key, and stops those running. Finding
-    /// nothing is a success too; the detail says how many.
-    async fn cancel_action(
-        &self,
-        set: &RuleSet,
-        rule: &Rule,
-        c: &crate::rules::CancelAction,
-        leased: &Leased,
-        ctx: &minijinja::Value,
-    ) -> AttemptResult {
-        let key = match set.templates.render(&c.key, ctx) {
-            Ok(k) => k,
-            Err(e) => return AttemptResult::fail(None, format!("cancel key: {e}")),
-        };
-        let reason = format!(
-            "cancelled by rule {} (event {})",
-            rule.name, leased.event.id
-        );
-        match self.store.cancel_group(&c.rule, &key, &reason).await {
-            Ok(out) => {
-                // The store has told `stop` about the running ones.
-                AttemptResult::done(
-                    None,
-                    format!(
-                        "cancelled {} deliveries of rule {} ({} running)",
-                        out.cancelled,
-                        c.rule,
-                        out.stopping.len()
-                    ),
-                )
-            }
-            Err(e) => AttemptResult::retry(None, format!("cancel failed: {e}"), None),
-        }
-    }
-
-    /// The `then:` children of a successful delivery, with its `result`.
-    fn then_children(
-        &self,
-        set: &RuleSet,
-        rule: &Rule,
-        action: &Action,
-        leased: &Leased,
-        result: &AttemptResult,
-        ctx: Option<&minijinja::Value>,
-    ) -> Vec<NewDelivery> {
-        let d = &leased.delivery;
-        let result = result.result_context();
-        let Some(ctx) = ctx else {
-            return Vec::new();
-        };
-        let child_ctx = minijinja::context! {
-            result => minijinja::Value::from(minijinja::value::Serde(&result)),
-            ..ctx.clone()
-        };
-        action
-            .then
-            .iter()
-            .enumerate()
-            .map(|(i, child)| {
-                let mut path = d.then.clone();
-                path.push(u32::try_from(i).unwrap_or(u32::MAX));
-                let mut n = plan_delivery(set, rule, d.list, d.action, &path, child, &child_ctx);
-                n.parent = Some(d.id);
-                n.result = Some(result.clone());
-                n
-            })
-            .collect()
-    }
-}
-
-/// How an attempt went, before it is recorded.
-enum Ran {
-    Result(AttemptResult),
-    /// The action's `when:` was not true; nothing ran.
-    Skipped(String),
-}
-
-fn failure_json(rule: &Rule, f: &FailureContext) -> serde_json::Value {
-    let kind = rule
-        .actions
-        .get(f.action as usize)
-        .map_or("unknown", |a| a.kind.action_type().as_str());
-    serde_json::json!({
-        "delivery": f.delivery,
-        "action": { "index": f.action + 1, "type": kind },
-        "attempts": f.attempts,
-        "last_error": f.last_error,
-        "reason": f.reason.as_deref().unwrap_or("failed"),
-    })
-}
-
-fn failure_deliveries(
-    rule: &Rule,
-    leased: &Leased,
-    attempts: u32,
-    detail: &str,
-) -> Vec<NewDelivery> {
-    rule.on_failure
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let mut d = plan_delivery_plain(
-                rule,
-                ActionList::OnFailure,
-                u32::try_from(i).unwrap_or(u32::MAX),
-                &[],
-                a,
-            );
-            d.on_failure = Some(FailureContext {
-                delivery: leased.delivery.id,
-                action: leased.delivery.action,
-                attempts,
-                last_error: Some(detail.to_owned()),
-                reason: None,
-            });
-            d
-        })
-        .collect()
 }
 
 #[cfg(test)]
