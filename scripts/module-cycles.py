@@ -111,7 +111,12 @@ def main():
     edges = {m: set() for m in modules}
     skipped = set()
     # Parents before children, so a `#[cfg(test)] mod tests;` is seen first.
-    for path in sorted(SRC.rglob("*.rs"), key=lambda p: len(p.parts)):
+    # A `mod.rs` declares files beside it, so it goes first at its depth too:
+    # directory order alone would sometimes list its `tests.rs` before it.
+    def parents_first(p):
+        return (len(p.parts), p.name not in ("mod.rs", "lib.rs"), str(p))
+
+    for path in sorted(SRC.rglob("*.rs"), key=parents_first):
         if path in skipped:
             continue
         here = module_of(path)
