@@ -15,7 +15,8 @@
 //! [`server`] (ingress limits, routing by path; read body, admit, ingest) →
 //! [`providers`] (admission: verify, handshakes, envelope; yields
 //! `Verified<Event>`) → [`ingest`] (route by [`rules`], plan deliveries) →
-//! [`store`] (one fsync'd transaction: dedup key, event, deliveries) →
+//! [`store`] (one durable transaction: dedup key, event, deliveries; redb by
+//! default, PostgreSQL with `--store postgres://…`) →
 //! [`dispatch`] (lease, run, record, retry) → [`actions`] (render, then
 //! http, shell, log).
 //!
