@@ -1534,9 +1534,15 @@ fn slack_slash_command_routes_on_slash_command_and_its_command() {
         "the command never routed; log:\n{}",
         server.log()
     );
-    assert!(server.log().contains(
-        "slack-event type=[slash_command] id=[13345224609.738474920.8088930838d88f008e0]"
-    ));
+    assert!(
+        server.wait_log(
+            "slack-event type=[slash_command] id=[13345224609.738474920.8088930838d88f008e0]",
+            1,
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
 }
 
 #[test]
