@@ -44,6 +44,11 @@ impl Body {
         &self.value
     }
 
+    /// The value, without the text it was parsed from.
+    pub fn into_value(self) -> Value {
+        self.value
+    }
+
     /// Drops the JSON text, keeping the value (once it is stored, nothing
     /// needs the text again).
     pub fn forget_text(&mut self) {

@@ -342,7 +342,7 @@ fn path_error(text: &str) -> String {
 
 /// The regex crate's multi-line syntax report (pattern, caret, `error: …`)
 /// reduced to its last line; the pattern is quoted by the caller.
-fn regex_error(e: &regex::Error) -> String {
+pub(crate) fn regex_error(e: &regex::Error) -> String {
     let text = e.to_string();
     text.lines()
         .rev()

@@ -24,7 +24,8 @@ use crate::actions::render::{self, Rendered};
 use crate::event::Event;
 use crate::providers::{AdmitError, Handshake, Inbound, Source, Unverified, preview};
 use crate::rules::{
-    Action, ActionKind, ActionType, HttpBody, OnBusy, Rule, RuleSet, RuleTest, SourceSel, When,
+    Action, ActionKind, ActionType, ExpectedAction, HttpBody, OnBusy, Rule, RuleSet, RuleTest,
+    SourceSel, When,
 };
 use crate::template::{JsonTemplate, Template};
 
@@ -157,6 +158,10 @@ pub struct ActionReport {
     /// Why it would fail, when it does not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Where the template that fails to render was written (`file:line:col`);
+    /// the action's own place when no single template is at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_origin: Option<String>,
     /// A `then:` action that reads `result`: rendered only once its parent
     /// succeeded.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
@@ -330,6 +335,14 @@ fn action_report(
             }
         }
     }
+    let error_origin = error.as_ref().map(|_| {
+        kind_templates(action)
+            .into_iter()
+            .find(|t| set.templates.render(t, &ctx).is_err())
+            .and_then(|t| set.templates.origin(t))
+            .unwrap_or(&action.origin)
+            .to_string()
+    });
     let when = action.when.as_ref().map(|w| {
         if uses_result(w) {
             WhenReport::AfterRun
@@ -367,6 +380,7 @@ fn action_report(
         timeout_ms: millis(action.timeout),
         action: action_out,
         error,
+        error_origin,
         after_run,
         when,
         stdin,
@@ -467,6 +481,39 @@ pub struct TestOutcome {
     pub matched: Vec<String>,
     /// For each expected rule that did not match: why.
     pub reasons: Vec<(String, String)>,
+    /// Actions of matched rules that cannot render: the first real event
+    /// like this one would fail them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub render_errors: Vec<RenderFailure>,
+    /// `expect:` checks on rendered actions that do not hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assertions: Vec<AssertionFailure>,
+}
+
+/// A matched rule's action that cannot render.
+#[derive(Debug, Clone, Serialize)]
+pub struct RenderFailure {
+    pub rule: String,
+    /// `2`, or `2.1` for the first `then:` action of action 2.
+    pub action: String,
+    /// Where the failing template was written.
+    pub origin: String,
+    pub error: String,
+}
+
+/// An expected action check that does not hold.
+#[derive(Debug, Clone, Serialize)]
+pub struct AssertionFailure {
+    pub rule: String,
+    /// One-based place in the rule's `actions:`.
+    pub action: usize,
+    /// Where the check was written.
+    pub origin: String,
+    pub field: String,
+    pub assertion: String,
+    /// The rendered value, or why there is none.
+    pub rendered: Option<String>,
+    pub error: Option<String>,
 }
 
 /// Run every embedded `tests:` case.
@@ -493,6 +540,7 @@ fn run_test(set: &RuleSet, t: &RuleTest) -> TestOutcome {
     };
     let mut expected = t.expect.clone();
     expected.sort();
+    expected.dedup();
     match run(set, &req) {
         Ok(report) => {
             let mut matched: Vec<String> = report
@@ -508,13 +556,25 @@ fn run_test(set: &RuleSet, t: &RuleTest) -> TestOutcome {
                 .filter(|r| !r.matched && expected.contains(&r.name))
                 .map(|r| (r.name.clone(), r.reason.clone().unwrap_or_default()))
                 .collect();
+            let render_errors = report.render_failures();
+            let mut assertions = Vec::new();
+            for e in &t.expect_actions {
+                let Some(r) = report.rules.iter().find(|r| r.matched && r.name == e.rule) else {
+                    continue;
+                };
+                for (i, want) in e.actions.iter().enumerate() {
+                    check_action(&r.name, i + 1, want, r.actions.get(i), &mut assertions);
+                }
+            }
             TestOutcome {
                 name: t.name.clone(),
                 origin: t.origin.to_string(),
-                passed: matched == expected,
+                passed: matched == expected && render_errors.is_empty() && assertions.is_empty(),
                 expected,
                 matched,
                 reasons,
+                render_errors,
+                assertions,
             }
         }
         Err(e) => TestOutcome {
@@ -524,6 +584,157 @@ fn run_test(set: &RuleSet, t: &RuleTest) -> TestOutcome {
             expected,
             matched: Vec::new(),
             reasons: vec![(String::new(), e.to_string())],
+            render_errors: Vec::new(),
+            assertions: Vec::new(),
+        },
+    }
+}
+
+impl Report {
+    /// The actions of matched rules that would fail to render, leaving out
+    /// those an action `when:` skips (a guard such as `body.comment is
+    /// defined` is how a template reads an optional field).
+    pub fn render_failures(&self) -> Vec<RenderFailure> {
+        let mut out = Vec::new();
+        for r in self.rules.iter().filter(|r| r.matched) {
+            for (i, a) in r.actions.iter().enumerate() {
+                collect_render_errors(&r.name, a, &(i + 1).to_string(), &mut out);
+            }
+        }
+        out
+    }
+}
+
+fn collect_render_errors(rule: &str, a: &ActionReport, number: &str, out: &mut Vec<RenderFailure>) {
+    if a.when.as_ref().is_some_and(|w| *w != WhenReport::True) {
+        return;
+    }
+    if let Some(error) = &a.error {
+        out.push(RenderFailure {
+            rule: rule.to_owned(),
+            action: number.to_owned(),
+            origin: a.error_origin.clone().unwrap_or_else(|| a.origin.clone()),
+            error: error.clone(),
+        });
+    }
+    for (i, child) in a.then.iter().enumerate() {
+        collect_render_errors(rule, child, &format!("{number}.{}", i + 1), out);
+    }
+}
+
+/// Check `want` against the rule's action at the same place.
+fn check_action(
+    rule: &str,
+    number: usize,
+    want: &ExpectedAction,
+    got: Option<&ActionReport>,
+    out: &mut Vec<AssertionFailure>,
+) {
+    let fail =
+        |field: &str, assertion: String, rendered: Option<String>, error: &str| AssertionFailure {
+            rule: rule.to_owned(),
+            action: number,
+            origin: want.origin.to_string(),
+            field: field.to_owned(),
+            assertion,
+            rendered,
+            error: Some(error.to_owned()),
+        };
+    let Some(got) = got else {
+        out.push(fail(
+            "",
+            format!("a {} action", want.kind),
+            None,
+            "the rule has no action at this place",
+        ));
+        return;
+    };
+    if got.kind != want.kind {
+        out.push(fail(
+            "",
+            format!("a {} action", want.kind),
+            None,
+            &format!("the action is {}", got.kind),
+        ));
+        return;
+    }
+    let Some(rendered) = &got.action else {
+        // A render error is reported on its own; an action rendered only
+        // after its parent ran has nothing to check yet.
+        if got.error.is_none() {
+            out.push(fail(
+                "",
+                format!("a rendered {} action", want.kind),
+                None,
+                "the action renders only after its parent runs",
+            ));
+        }
+        return;
+    };
+    for f in &want.fields {
+        let value = field_value(rendered, &f.field);
+        if value.as_deref().is_some_and(|v| f.check.holds(v)) {
+            continue;
+        }
+        out.push(AssertionFailure {
+            rule: rule.to_owned(),
+            action: number,
+            origin: f.origin.to_string(),
+            field: f.field.clone(),
+            assertion: f.check.to_string(),
+            error: value.is_none().then(|| "the field is absent".to_owned()),
+            rendered: value,
+        });
+    }
+}
+
+/// The text of `field` in a rendered action; `None` when it has none (no
+/// such header, argument or variable, no stdin or body).
+fn field_value(r: &Rendered, field: &str) -> Option<String> {
+    let lookup = |pairs: &[(String, String)], name: &str, fold: bool| {
+        pairs
+            .iter()
+            .find(|(k, _)| {
+                if fold {
+                    k.eq_ignore_ascii_case(name)
+                } else {
+                    k == name
+                }
+            })
+            .map(|(_, v)| v.clone())
+    };
+    match r {
+        Rendered::Log { line } => (field == "line").then(|| line.clone()),
+        Rendered::Cancel { rule, key } => match field {
+            "rule" => Some(rule.clone()),
+            "key" => Some(key.clone()),
+            _ => None,
+        },
+        Rendered::Http(h) => match field {
+            "method" => Some(h.method.as_str().to_owned()),
+            "url" => Some(h.url.clone()),
+            "body" => h
+                .body
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            _ => field
+                .strip_prefix("headers.")
+                .and_then(|name| lookup(&h.headers, name, true)),
+        },
+        Rendered::Shell(c) => match field {
+            "argv" => Some(c.argv.join(" ")),
+            "stdin" => c.stdin.clone(),
+            _ => {
+                if let Some(name) = field.strip_prefix("env.") {
+                    return lookup(&c.env, name, false);
+                }
+                let index: usize = field
+                    .strip_prefix("argv[")?
+                    .strip_suffix(']')?
+                    .parse()
+                    .ok()?;
+                c.argv.get(index).cloned()
+            }
         },
     }
 }

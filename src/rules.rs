@@ -324,7 +324,61 @@ pub struct RuleTest {
     pub query: Vec<(String, String)>,
     pub body: Value,
     pub expect: Vec<String>,
+    /// Assertions on the rendered actions of expected rules.
+    pub expect_actions: Vec<ExpectedActions>,
     pub origin: Origin,
+}
+
+/// `expect: [{ rule, actions: [...] }]`: the rule's actions, by position.
+#[derive(Debug, Clone)]
+pub struct ExpectedActions {
+    pub rule: String,
+    pub actions: Vec<ExpectedAction>,
+}
+
+/// One entry of `actions:`: the action's type and checks on its fields.
+#[derive(Debug, Clone)]
+pub struct ExpectedAction {
+    pub kind: ActionType,
+    pub fields: Vec<FieldCheck>,
+    pub origin: Origin,
+}
+
+/// `field: { equals | contains | regex: text }` on a rendered action.
+#[derive(Debug, Clone)]
+pub struct FieldCheck {
+    /// `argv`, `argv[0]`, `stdin`, `env.NAME`, `method`, `url`,
+    /// `headers.NAME`, `body`, `line`, `rule`, `key`.
+    pub field: String,
+    pub check: Check,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub enum Check {
+    Equals(String),
+    Contains(String),
+    Regex(regex::Regex),
+}
+
+impl Check {
+    pub fn holds(&self, value: &str) -> bool {
+        match self {
+            Check::Equals(x) => value == x,
+            Check::Contains(x) => value.contains(x.as_str()),
+            Check::Regex(re) => re.is_match(value),
+        }
+    }
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Check::Equals(x) => write!(f, "equals {x:?}"),
+            Check::Contains(x) => write!(f, "contains {x:?}"),
+            Check::Regex(re) => write!(f, "regex {:?}", re.as_str()),
+        }
+    }
 }
 
 /// Rules of one source, bucketed by the shape of their `event:` patterns.

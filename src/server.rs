@@ -148,8 +148,8 @@ impl Refusal {
                 "send application/json or application/x-www-form-urlencoded".to_owned()
             }
             Refusal::Admit(e @ AdmitError::Header(_)) => e.to_string(),
-            Refusal::Admit(AdmitError::Body(BodyError::Malformed(_))) => {
-                "malformed body".to_owned()
+            Refusal::Admit(AdmitError::Body(BodyError::Malformed(why))) => {
+                format!("malformed body: {why}")
             }
             Refusal::Storage { .. } => "storage unavailable, retry later".to_owned(),
         }

@@ -16,12 +16,15 @@
 //! Parse errors (`TemplateError::Parse`, at load) are kept apart from render
 //! errors (`TemplateError::Render`, per event).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::OnceLock;
 
 use minijinja::{Environment, UndefinedBehavior};
 use regex::Regex;
 use serde_json::Value;
+
+use crate::providers::Origin;
 
 /// Work a single render may do before it is stopped.
 const FUEL: u64 = 200_000;
@@ -61,6 +64,9 @@ pub enum JsonTemplate {
 pub struct Templates {
     env: Environment<'static>,
     count: usize,
+    /// Where each template was written, so a render error found by `check`
+    /// points at it.
+    origins: HashMap<String, Origin>,
 }
 
 impl fmt::Debug for Templates {
@@ -96,7 +102,27 @@ impl Templates {
         env.set_recursion_limit(64);
         // Outputs go to URLs, JSON and argv, never to HTML.
         env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
-        Templates { env, count: 0 }
+        Templates {
+            env,
+            count: 0,
+            origins: HashMap::new(),
+        }
+    }
+
+    /// Remember where `t` was written. A literal has nothing to render, so
+    /// it cannot fail and is not recorded.
+    pub fn set_origin(&mut self, t: &Template, origin: Origin) {
+        if let Template::Text(id) | Template::Typed(id) = t {
+            self.origins.insert(id.clone(), origin);
+        }
+    }
+
+    /// Where `t` was written, when the compiler recorded it.
+    pub fn origin(&self, t: &Template) -> Option<&Origin> {
+        match t {
+            Template::Literal(_) => None,
+            Template::Text(id) | Template::Typed(id) => self.origins.get(id),
+        }
     }
 
     fn add(&mut self, src: String) -> Result<String, TemplateError> {

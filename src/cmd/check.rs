@@ -62,12 +62,37 @@ pub fn run(args: &Options) -> ExitCode {
                 if o.passed {
                     continue;
                 }
-                eprintln!(
-                    "error: {}: test {:?}: expected {:?}, matched {:?}",
-                    o.origin, o.name, o.expected, o.matched
-                );
-                for (rule, why) in &o.reasons {
-                    eprintln!("  {rule}: {why}");
+                if o.expected != o.matched || o.render_errors.is_empty() && o.assertions.is_empty()
+                {
+                    eprintln!(
+                        "error: {}: test {:?}: expected {:?}, matched {:?}",
+                        o.origin, o.name, o.expected, o.matched
+                    );
+                    for (rule, why) in &o.reasons {
+                        eprintln!("  {rule}: {why}");
+                    }
+                }
+                for f in &o.render_errors {
+                    eprintln!(
+                        "error: {}: test {:?}: rule {:?} action {} cannot render: {}",
+                        f.origin, o.name, f.rule, f.action, f.error
+                    );
+                }
+                for f in &o.assertions {
+                    let rendered = match (&f.rendered, &f.error) {
+                        (Some(v), _) => format!("rendered {v:?}"),
+                        (None, Some(why)) => why.clone(),
+                        (None, None) => String::new(),
+                    };
+                    let field = if f.field.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" {}", f.field)
+                    };
+                    eprintln!(
+                        "error: {}: test {:?}: rule {:?} action {}{field}: expected {}, {rendered}",
+                        f.origin, o.name, f.rule, f.action, f.assertion
+                    );
                 }
             }
             if args.deny_warnings && warned {

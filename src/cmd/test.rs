@@ -89,7 +89,8 @@ pub fn run(args: &Options) -> ExitCode {
             // The event's own headers and body may carry configured secrets
             // too (a GitLab token, say), not only the rendered actions.
             print!("{}", loaded.rules.redact(&text));
-            if matches!(report.signature, Some(Err(_))) {
+            // An action that cannot render would fail on the real event.
+            if matches!(report.signature, Some(Err(_))) || !report.render_failures().is_empty() {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

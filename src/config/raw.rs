@@ -330,9 +330,68 @@ pub struct TestConfig {
     /// The request body as YAML (sent as JSON).
     #[serde(default)]
     pub body: Option<Node>,
-    /// The names of the rules that must match, and no others.
-    #[schemars(with = "Vec<String>")]
-    pub expect: Vec<Spanned<String>>,
+    /// The rules that must match, and no others: a rule's name, or
+    /// `{ rule, actions }` to check its rendered actions too.
+    #[schemars(with = "Vec<ExpectSchema>")]
+    pub expect: Vec<Node>,
+}
+
+// Schema-only, as are the four types after it.
+/// An `expect:` entry: a rule that must match, by name, or with checks on
+/// its rendered actions.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum ExpectSchema {
+    /// The rule's name.
+    Rule(String),
+    Actions(ExpectActionsSchema),
+}
+
+/// A rule that must match, and checks on its rendered actions.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ExpectActionsSchema {
+    rule: String,
+    /// By position in the rule's `actions:`; each names the action's type.
+    #[serde(default)]
+    actions: Vec<ExpectActionSchema>,
+}
+
+/// One rendered action: its type, and checks on its fields.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[allow(dead_code)]
+pub enum ExpectActionSchema {
+    /// Fields `argv` (joined by spaces), `argv[N]`, `stdin`, `env.NAME`.
+    Shell(BTreeMap<String, AssertionSchema>),
+    /// Fields `method`, `url`, `headers.NAME`, `body`.
+    Http(BTreeMap<String, AssertionSchema>),
+    /// Field `line`.
+    Log(BTreeMap<String, AssertionSchema>),
+    /// Fields `rule`, `key`.
+    Cancel(BTreeMap<String, AssertionSchema>),
+}
+
+/// A text the field must equal, or one check.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum AssertionSchema {
+    Equals(String),
+    Check(CheckSchema),
+}
+
+/// Exactly one check on a field's rendered text.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[allow(dead_code)]
+pub enum CheckSchema {
+    Equals(String),
+    Contains(String),
+    /// A regular expression that must match somewhere in the value.
+    Regex(String),
 }
 
 /// The provider names `providers::build` accepts, so editors can complete them.

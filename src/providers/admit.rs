@@ -112,6 +112,7 @@ fn after_signature(
         return Err(AdmitError::Header(name.as_str().to_owned()));
     }
     let parsed = body::parse(req.header("content-type"), req.body)?;
+    let parsed = source.provider.shape_body(req, parsed)?;
     if let Some(h) = source.provider.handshake(req, &parsed) {
         return Ok(Unverified::Handshake(h));
     }

@@ -44,6 +44,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::body::{Body, BodyError};
 use crate::event::RawRequest;
 
 /// A secret as configured. `Debug` never prints it.
@@ -159,6 +160,15 @@ pub trait Provider: Send + Sync + fmt::Debug {
     /// The provider's event id, if it defines one.
     fn event_id(&self, _req: &RawRequest<'_>, _body: &Value) -> Option<String> {
         None
+    }
+
+    /// Reshape the parsed body before the event is built; only called after
+    /// `verify` succeeded. Slack nests JSON inside a form field.
+    ///
+    /// # Errors
+    /// A field the provider defines as structured does not parse.
+    fn shape_body(&self, _req: &RawRequest<'_>, body: Body) -> Result<Body, BodyError> {
+        Ok(body)
     }
 
     /// A handshake answer; only called after `verify` succeeded.

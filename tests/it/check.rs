@@ -682,3 +682,101 @@ fn unknown_flag_is_a_usage_error() {
     let out = run(&["check", "--rules", "rules/", "--format", "yaml"]);
     assert_eq!(code(&out), 2, "{}", stderr(&out));
 }
+
+// ---- tests that render actions ----
+
+#[test]
+fn a_matched_action_that_cannot_render_fails_check_at_the_template() {
+    let out = check("tests/fixtures/invalid/render_error_test.yaml");
+    // Action 3 reads the same missing field, but its `when:` skips it.
+    assert_eq!(
+        stderr(&out),
+        "error: tests/fixtures/invalid/render_error_test.yaml:13:16: test \"a labeled issue\": \
+         rule \"on-label\" action 2 cannot render: template failed: undefined value: \
+         `body.comment` is undefined\n"
+    );
+    assert_eq!(
+        stdout(&out),
+        "1 file, 1 source, 1 rule, 1 test: 0 passed, 1 failed\n"
+    );
+    assert_eq!(code(&out), 1);
+
+    let out = run(&[
+        "check",
+        "--format",
+        "json",
+        "--rules",
+        "tests/fixtures/invalid/render_error_test.yaml",
+    ]);
+    assert_eq!(code(&out), 1);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let test = &v["tests"][0];
+    assert_eq!(test["passed"], false, "{v}");
+    assert_eq!(test["matched"], serde_json::json!(["on-label"]));
+    assert_eq!(
+        test["render_errors"],
+        serde_json::json!([{
+            "rule": "on-label",
+            "action": "2",
+            "origin": "tests/fixtures/invalid/render_error_test.yaml:13:16",
+            "error": "template failed: undefined value: `body.comment` is undefined"
+        }])
+    );
+}
+
+#[test]
+fn expected_actions_check_each_field_and_name_the_rendered_value() {
+    let out = check("tests/fixtures/invalid/action_assertions.yaml");
+    assert_eq!(
+        stderr(&out),
+        "\
+error: tests/fixtures/invalid/action_assertions.yaml:54:22: test \"two fields fail\": rule \"review\" action 1 stdin: expected contains \"Summarise\", rendered \"Review https://github.com/o/r/pull/42\"
+error: tests/fixtures/invalid/action_assertions.yaml:55:21: test \"two fields fail\": rule \"review\" action 2 url: expected regex \"^https://hooks\\\\.example\\\\.com/\", rendered \"https://api.example.com/pr/42\"
+error: tests/fixtures/invalid/action_assertions.yaml:63:20: test \"the wrong type at a place\": rule \"review\" action 1: expected a log action, the action is shell
+"
+    );
+    assert_eq!(
+        stdout(&out),
+        "1 file, 1 source, 1 rule, 3 tests: 1 passed, 2 failed\n"
+    );
+    assert_eq!(code(&out), 1);
+
+    let out = run(&[
+        "check",
+        "--format",
+        "json",
+        "--rules",
+        "tests/fixtures/invalid/action_assertions.yaml",
+    ]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let tests = v["tests"].as_array().unwrap();
+    assert_eq!(tests[0]["name"], "every field holds");
+    assert_eq!(tests[0]["passed"], true, "{v}");
+    assert_eq!(
+        tests[1]["assertions"][0],
+        serde_json::json!({
+            "rule": "review",
+            "action": 1,
+            "origin": "tests/fixtures/invalid/action_assertions.yaml:54:22",
+            "field": "stdin",
+            "assertion": "contains \"Summarise\"",
+            "rendered": "Review https://github.com/o/r/pull/42",
+            "error": null
+        })
+    );
+}
+
+#[test]
+fn mistakes_in_expected_actions_are_reported_where_written() {
+    assert_errors(
+        "tests/fixtures/invalid/bad_expect.yaml",
+        &[
+            "tests/fixtures/invalid/bad_expect.yaml:17:9: test \"mistakes in expect\": unknown field `action`; expected `rule` or `actions`",
+            "tests/fixtures/invalid/bad_expect.yaml:20:20: test \"mistakes in expect\": `lines` is not a field of a log action; expected `line`",
+            "tests/fixtures/invalid/bad_expect.yaml:21:35: test \"mistakes in expect\": invalid regex \"(\": unclosed group",
+            "tests/fixtures/invalid/bad_expect.yaml:22:28: test \"mistakes in expect\": unknown assertion `starts_with`; expected `equals`, `contains` or `regex`",
+            "tests/fixtures/invalid/bad_expect.yaml:23:13: test \"mistakes in expect\": unknown action type `mail`; expected `shell`, `http`, `log` or `cancel`",
+            "tests/fixtures/invalid/bad_expect.yaml:24:9: test \"mistakes in expect\": an `expect:` entry is a rule name or { rule, actions }, not a number",
+        ],
+    );
+}

@@ -173,7 +173,9 @@ fn render_failures_are_shown_not_hidden() {
         ],
         Some(br#"{"action": "opened"}"#),
     );
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    // The real event would fail the same way: the dry run says so in its
+    // exit code too.
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
         text.contains(
@@ -731,4 +733,51 @@ fn a_cancel_action_shows_its_rule_and_key() {
         ),
         "{text}"
     );
+}
+
+/// `hookrouter test` on the labeled-issue rules of the `check` fixture.
+fn labeled(body: &[u8]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "test",
+        "--rules",
+        "tests/fixtures/invalid/render_error_test.yaml",
+        "--source",
+        "gh",
+        "--body",
+        "-",
+        "-H",
+        "X-GitHub-Event: issues",
+    ])
+    .current_dir(root())
+    .env_remove("HOOKROUTER_RULES")
+    .env_remove("RUST_LOG")
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start hookrouter test");
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(body).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn an_action_that_cannot_render_exits_1_and_a_skipped_one_does_not() {
+    let out = labeled(br#"{"action": "labeled", "label": {"name": "agent"}}"#);
+    assert_eq!(code(&out), 1, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "action 2: would FAIL: template failed: undefined value: `body.comment` is undefined"
+        ),
+        "{text}"
+    );
+    // With the field present every action renders; action 3's `when:` holds.
+    let out =
+        labeled(br#"{"action": "labeled", "label": {"name": "agent"}, "comment": {"body": "go"}}"#);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
+    // A rule that does not match renders nothing, so nothing can fail.
+    let out = labeled(br#"{"action": "opened"}"#);
+    assert_eq!(code(&out), 0, "{}", stdout(&out));
 }

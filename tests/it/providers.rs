@@ -1429,3 +1429,151 @@ fn cli_sign_exits_2_for_unknown_or_unsignable_providers() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+// ---- Slack interactivity and slash commands ----
+
+/// `form` as Slack sends it: a form body signed with `secret` now.
+fn slack_form(form: &[u8], secret: &str) -> Req {
+    let u = Unsigned {
+        source: "slack",
+        body: form.to_vec(),
+        headers: pairs(&[FORM]),
+        url: String::new(),
+        at: now(),
+        kind: String::new(),
+        id: String::new(),
+    };
+    sign(&u, secret)
+}
+
+fn slack_interactive() -> (TempDir, Server) {
+    start_fresh(
+        |_| fixture("providers/slack_interactive.yaml"),
+        crate::support::ServerOpts::admin,
+    )
+}
+
+fn stored_events(server: &Server) -> Vec<serde_json::Value> {
+    let resp = crate::support::admin_get(server, "/api/events", None);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    resp.json()["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn button_form(value: &str, trigger_id: &str) -> Vec<u8> {
+    let payload = serde_json::json!({
+        "type": "block_actions",
+        "trigger_id": trigger_id,
+        "user": {"id": "U024BE7LH", "username": "ana"},
+        "container": {"type": "message", "message_ts": "1548261231.000200"},
+        "actions": [{
+            "type": "button",
+            "action_id": "approve",
+            "value": value,
+            "action_ts": "1548426417.840180"
+        }]
+    });
+    form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish()
+        .into_bytes()
+}
+
+const SLASH: &[u8] = b"token=gIkuvaNzQIHg97ATvDxqgjtO&team_id=T0001&channel_id=C2147483705&user_id=U2147483697&user_name=Steve&command=%2Fdeploy&text=api+prod&response_url=https%3A%2F%2Fhooks.slack.com%2Fcommands%2F1234%2F5678&trigger_id=13345224609.738474920.8088930838d88f008e0";
+
+#[test]
+fn slack_button_routes_on_block_actions_and_its_value() {
+    let (_dir, server) = slack_interactive();
+    let key = secret("slack", Key::Old);
+    let resp = post(
+        &server,
+        &slack_form(&button_form("deploy-42", "111.222.aaa"), &key),
+    );
+    assert_eq!(resp.status, 202, "{resp:?}");
+    assert_eq!(resp.json()["id"], "111.222.aaa", "{resp:?}");
+    assert!(
+        server.wait_log("approved [deploy-42] by [U024BE7LH]", 1, WAIT),
+        "the button never routed; log:\n{}",
+        server.log()
+    );
+    assert!(server.wait_log("slack-event type=[block_actions] id=[111.222.aaa]", 1, WAIT));
+    // Another button value is a block_actions event the rule's match refuses.
+    let other = post(
+        &server,
+        &slack_form(&button_form("cancel-42", "333.444.bbb"), &key),
+    );
+    assert_eq!(other.status, 202, "{other:?}");
+    assert!(server.wait_log("slack-event type=[block_actions] id=[333.444.bbb]", 1, WAIT));
+    assert!(
+        !server.log().contains("approved [cancel-42]"),
+        "{}",
+        server.log()
+    );
+    // A retry of the same click is a duplicate, not a second approval.
+    let again = post(
+        &server,
+        &slack_form(&button_form("deploy-42", "111.222.aaa"), &key),
+    );
+    assert_eq!(again.status, 200, "{again:?}");
+    assert_eq!(server.log().matches("approved [deploy-42]").count(), 1);
+}
+
+#[test]
+fn slack_slash_command_routes_on_slash_command_and_its_command() {
+    let (_dir, server) = slack_interactive();
+    let resp = post(&server, &slack_form(SLASH, &secret("slack", Key::Old)));
+    assert_eq!(resp.status, 202, "{resp:?}");
+    assert_eq!(
+        resp.json()["id"],
+        "13345224609.738474920.8088930838d88f008e0"
+    );
+    assert!(
+        server.wait_log("deploy [api prod] from [U2147483697]", 1, WAIT),
+        "the command never routed; log:\n{}",
+        server.log()
+    );
+    assert!(
+        server.wait_log(
+            "slack-event type=[slash_command] id=[13345224609.738474920.8088930838d88f008e0]",
+            1,
+            WAIT
+        ),
+        "{}",
+        server.log()
+    );
+}
+
+#[test]
+fn slack_forms_with_a_bad_signature_are_401_and_not_stored() {
+    let (_dir, server) = slack_interactive();
+    let unknown = secret("slack", Key::Unknown);
+    for (what, form) in [
+        ("button", button_form("deploy-42", "555.666.ccc")),
+        ("slash command", SLASH.to_vec()),
+        // Verification comes before parsing: a garbled payload is still 401.
+        ("garbled payload", b"payload=%7Bnot+json".to_vec()),
+    ] {
+        assert_refused(&post(&server, &slack_form(&form, &unknown)), what);
+        // The same bytes signed, then changed after signing.
+        let tampered = slack_form(&form, &secret("slack", Key::Old))
+            .with_body([form.as_slice(), b"&x=1"].concat());
+        assert_refused(&post(&server, &tampered), &format!("{what}, tampered"));
+    }
+    assert_eq!(stored_events(&server), Vec::<serde_json::Value>::new());
+    assert!(!server.log().contains("slack-event"), "{}", server.log());
+}
+
+#[test]
+fn slack_payload_that_is_not_json_is_400_after_verification() {
+    let (_dir, server) = slack_interactive();
+    let resp = post(
+        &server,
+        &slack_form(b"payload=%7Bnot+json", &secret("slack", Key::Old)),
+    );
+    assert_eq!(resp.status, 400, "{resp:?}");
+    let error = resp.json()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("`payload` is not JSON"), "{resp:?}");
+    assert_eq!(stored_events(&server), Vec::<serde_json::Value>::new());
+}

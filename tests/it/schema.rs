@@ -172,3 +172,40 @@ fn example_modelines_point_at_the_committed_schema() {
         "the examples carry a yaml-language-server modeline"
     );
 }
+
+#[test]
+fn schema_describes_expected_actions() {
+    let schema: Value = serde_json::from_str(&generated()).expect("the schema is JSON");
+    let defs = &schema["$defs"];
+    assert_eq!(
+        defs["TestConfig"]["properties"]["expect"]["items"]["$ref"],
+        "#/$defs/ExpectSchema"
+    );
+    // A name, or `{ rule, actions }`.
+    let entry = defs["ExpectSchema"]["anyOf"].as_array().expect("anyOf");
+    assert_eq!(entry[0]["type"], "string");
+    assert_eq!(entry[1]["$ref"], "#/$defs/ExpectActionsSchema");
+    let with_actions = &defs["ExpectActionsSchema"];
+    assert_eq!(with_actions["required"], serde_json::json!(["rule"]));
+    assert_eq!(with_actions["additionalProperties"], false);
+    assert_eq!(
+        with_actions["properties"]["actions"]["items"]["$ref"],
+        "#/$defs/ExpectActionSchema"
+    );
+    // One action type per entry, each a map of fields to assertions.
+    let kinds: Vec<&Value> = defs["ExpectActionSchema"]["oneOf"]
+        .as_array()
+        .expect("oneOf")
+        .iter()
+        .map(|v| &v["required"][0])
+        .collect();
+    assert_eq!(kinds, ["shell", "http", "log", "cancel"]);
+    let checks: Vec<&Value> = defs["CheckSchema"]["oneOf"]
+        .as_array()
+        .expect("oneOf")
+        .iter()
+        .map(|v| &v["required"][0])
+        .collect();
+    assert_eq!(checks, ["equals", "contains", "regex"]);
+    assert_eq!(defs["AssertionSchema"]["anyOf"][0]["type"], "string");
+}

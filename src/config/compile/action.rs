@@ -302,7 +302,10 @@ impl Compiler {
             self.error(ctx, url_pos, format!("invalid URL {url_text:?}"));
         }
         let url = match self.templates.compile(&url_text) {
-            Ok(t) => Some(t),
+            Ok(t) => {
+                self.templates.set_origin(&t, ctx.origin(url_pos));
+                Some(t)
+            }
             Err(e) => {
                 self.error(ctx, url_pos, e.to_string());
                 None
@@ -377,7 +380,10 @@ impl Compiler {
         if let Some(text) = node.as_str() {
             let text = self.expand(ctx, text, node.pos)?;
             return match self.templates.compile_typed(&text) {
-                Ok(t) => Some(JsonTemplate::Whole(t)),
+                Ok(t) => {
+                    self.templates.set_origin(&t, ctx.origin(node.pos));
+                    Some(JsonTemplate::Whole(t))
+                }
                 Err(e) => {
                     self.error(ctx, node.pos, e.to_string());
                     None
@@ -395,7 +401,10 @@ impl Compiler {
                     return Some(JsonTemplate::Static(Value::String(text)));
                 }
                 match self.templates.compile_typed(&text) {
-                    Ok(t) => Some(JsonTemplate::Leaf(t)),
+                    Ok(t) => {
+                        self.templates.set_origin(&t, ctx.origin(node.pos));
+                        Some(JsonTemplate::Leaf(t))
+                    }
                     Err(e) => {
                         self.error(ctx, node.pos, e.to_string());
                         None

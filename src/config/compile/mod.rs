@@ -224,7 +224,10 @@ impl Compiler {
     fn template(&mut self, ctx: &Ctx<'_>, text: &str, pos: Pos) -> Option<Template> {
         let text = self.expand(ctx, text, pos)?;
         match self.templates.compile(&text) {
-            Ok(t) => Some(t),
+            Ok(t) => {
+                self.templates.set_origin(&t, ctx.origin(pos));
+                Some(t)
+            }
             Err(e) => {
                 self.error(ctx, pos, e.to_string());
                 None
