@@ -224,10 +224,7 @@ impl Store {
 
     /// See [`RedbStore::set_follow_ups`].
     pub fn set_follow_ups(&self, plan: Arc<dyn FollowUps>) {
-        match self.shared().follow_ups.write() {
-            Ok(mut g) => *g = Some(plan),
-            Err(poisoned) => *poisoned.into_inner() = Some(plan),
-        }
+        self.shared().set_follow_ups(plan);
     }
 
     /// See [`RedbStore::finish`].

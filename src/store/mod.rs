@@ -390,10 +390,7 @@ impl RedbStore {
     /// Installs what the store asks for the follow-ups it decides itself
     /// (see [`FollowUps`]); until then, it creates none.
     pub fn set_follow_ups(&self, plan: Arc<dyn FollowUps>) {
-        match self.inner.shared.follow_ups.write() {
-            Ok(mut g) => *g = Some(plan),
-            Err(poisoned) => *poisoned.into_inner() = Some(plan),
-        }
+        self.inner.shared.set_follow_ups(plan);
     }
 
     /// Records an attempt and moves the delivery on: `Done`, `Dead`, or

@@ -123,6 +123,17 @@ pub(super) struct Shared {
     pub stopper: std::sync::RwLock<Option<super::types::Stopper>>,
 }
 
+impl Shared {
+    /// Installs the rules' reactions; a poisoned lock still takes the new
+    /// value, since the old one is only ever replaced whole.
+    pub fn set_follow_ups(&self, plan: Arc<dyn FollowUps>) {
+        match self.follow_ups.write() {
+            Ok(mut g) => *g = Some(plan),
+            Err(poisoned) => *poisoned.into_inner() = Some(plan),
+        }
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Counters {
     transactions: AtomicU64,
