@@ -115,6 +115,7 @@ async fn run(path: Path, tasks: u64, secs: u64) -> f64 {
                     received_ms: now,
                     deliveries,
                     event: ev,
+                    reply: None,
                 };
                 if path == Path::LeasedAndFinished {
                     let (c, leased) = store.commit_leased(new, 86_400_000).await.expect("commit");

@@ -70,6 +70,44 @@ pub struct Report {
     #[serde(serialize_with = "signature_json")]
     pub signature: Option<Result<(), String>>,
     pub rules: Vec<RuleReport>,
+    /// The answer a `respond:` would give the sender instead of the 202.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub respond: Option<RespondReport>,
+}
+
+/// What a `respond:` would answer, or why it would not render (then the
+/// sender gets the standard 202).
+#[derive(Debug, Clone, Serialize)]
+pub struct RespondReport {
+    /// `rule "name"` or `source "name"`.
+    pub owner: String,
+    /// The rule's name, for a rule's `respond:`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub origin: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply: Option<crate::store::Reply>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_origin: Option<String>,
+}
+
+impl RespondReport {
+    fn new(a: crate::respond::Answer) -> RespondReport {
+        let (reply, error, error_origin) = match a.reply {
+            Ok(r) => (Some(r), None, None),
+            Err(f) => (None, Some(f.error), Some(f.origin.to_string())),
+        };
+        RespondReport {
+            owner: a.owner,
+            rule: a.rule,
+            origin: a.origin.to_string(),
+            reply,
+            error,
+            error_origin,
+        }
+    }
 }
 
 /// What admission made of the request.
@@ -244,6 +282,7 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
                 admitted: Admitted::Handshake(HandshakeReport::new(source, h)),
                 signature,
                 rules: Vec::new(),
+                respond: None,
             });
         }
     };
@@ -275,11 +314,18 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
                 actions,
             }
         })
+        .collect::<Vec<RuleReport>>();
+    let matched: Vec<String> = rules
+        .iter()
+        .filter(|r| r.matched)
+        .map(|r| r.name.clone())
         .collect();
+    let respond = crate::respond::answer(set, &event, &matched).map(RespondReport::new);
     Ok(Report {
         admitted: Admitted::Event(std::sync::Arc::unwrap_or_clone(event)),
         signature,
         rules,
+        respond,
     })
 }
 
@@ -600,6 +646,18 @@ impl Report {
             for (i, a) in r.actions.iter().enumerate() {
                 collect_render_errors(&r.name, a, &(i + 1).to_string(), &mut out);
             }
+        }
+        // A `respond:` that cannot render answers the 202 instead: a
+        // mistake too, found here rather than by the sender.
+        if let Some(r) = &self.respond
+            && let Some(error) = &r.error
+        {
+            out.push(RenderFailure {
+                rule: r.rule.clone().unwrap_or_else(|| r.owner.clone()),
+                action: "respond".to_owned(),
+                origin: r.error_origin.clone().unwrap_or_else(|| r.origin.clone()),
+                error: error.clone(),
+            });
         }
         out
     }

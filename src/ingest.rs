@@ -1,7 +1,8 @@
 //! From a verified event to a durable record: route, plan deliveries, commit.
 //!
 //! Owns what is written for an accepted event: its dedup key, the event, and
-//! one delivery per (matched rule, action), with rule-level `dedup:` keys.
+//! one delivery per (matched rule, action), with rule-level `dedup:` keys,
+//! and the `respond:` answer, which a duplicate gets again.
 //! It does not speak HTTP (the server maps outcomes to status codes) and does
 //! not run anything (the dispatcher does, from the store).
 //!
@@ -20,7 +21,7 @@ use crate::dispatch::{self, Claim, Dispatcher};
 use crate::event::Event;
 use crate::providers::Verified;
 use crate::rules::{ActionList, RuleSet};
-use crate::store::{Committed, DedupKey, NewDelivery, NewEvent, Store, StoreError};
+use crate::store::{Committed, DedupKey, NewDelivery, NewEvent, Reply, Store, StoreError};
 
 /// What became of an accepted event.
 pub enum Ingested {
@@ -33,10 +34,14 @@ pub enum Ingested {
         /// Deliveries committed leased to this process, to hand to the
         /// workers once the event is acknowledged (dropping it does too).
         run: Option<Claim>,
+        /// What a `respond:` answers instead of the standard 202.
+        reply: Option<Reply>,
     },
     Duplicate {
         id: String,
         key: String,
+        /// The answer the original got from a `respond:`, stored with it.
+        reply: Option<Reply>,
     },
 }
 
@@ -122,6 +127,9 @@ pub async fn ingest(
 ) -> Result<Ingested, StoreError> {
     let event = event.into_inner();
     let (deliveries, matched) = plan(set, &event, None);
+    // Rendered now, sent only after the commit, and stored with the event
+    // so a duplicate gets these same bytes whatever the rules are by then.
+    let reply = crate::respond::reply(set, &event, &matched);
     let now = clock::now_ms();
     let window = u64::try_from(dedup_window.as_millis()).unwrap_or(u64::MAX);
     let id = event.id.clone();
@@ -133,6 +141,7 @@ pub async fn ingest(
         received_ms: now,
         deliveries,
         event,
+        reply: reply.clone(),
     };
     let (committed, run) = match claim {
         Some(mut claim) => {
@@ -149,7 +158,13 @@ pub async fn ingest(
             matched,
             deliveries: deliveries.len().min(n),
             run,
+            reply,
         },
-        Committed::Duplicate { key } => Ingested::Duplicate { id, key },
+        Committed::Duplicate { key } => {
+            // Read back rather than trusted from this render: the original
+            // may have been answered under other rules, or not at all.
+            let reply = store.reply_of(&key).await?;
+            Ingested::Duplicate { id, key, reply }
+        }
     })
 }

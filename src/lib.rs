@@ -14,7 +14,8 @@
 //! The request path, one event at a time, data flowing one way:
 //! [`server`] (ingress limits, routing by path; read body, admit, ingest) →
 //! [`providers`] (admission: verify, handshakes, envelope; yields
-//! `Verified<Event>`) → [`ingest`] (route by [`rules`], plan deliveries) →
+//! `Verified<Event>`) → [`ingest`] (route by [`rules`], plan deliveries,
+//! render the sender's answer with [`respond`]) →
 //! [`store`] (one durable transaction: dedup key, event, deliveries; redb by
 //! default, PostgreSQL with `--store postgres://…`) →
 //! [`dispatch`] (lease, run, record, retry) → [`actions`] (render, then
@@ -35,8 +36,8 @@
 //! Imports go one way: no module imports one that imports it back
 //! (`python3 scripts/module-cycles.py` checks). From the bottom up: the
 //! leaves and `http_util`; `event`; `providers` and `store`; `rules` and
-//! `metrics`; `actions` and `config`; `dispatch`, `dryrun` and `reload`;
-//! `ingest`; `ops` and `server`; `admin`; `cmd`; `cli`.
+//! `metrics`; `actions` and `config`; `respond`; `dispatch`, `dryrun` and
+//! `reload`; `ingest`; `ops` and `server`; `admin`; `cmd`; `cli`.
 //!
 //! One edge runs ahead of the data on purpose: `ingest` hands the
 //! deliveries it committed already leased to `dispatch` as a
@@ -80,6 +81,7 @@ pub mod metrics;
 pub mod ops;
 pub mod providers;
 pub mod reload;
+pub mod respond;
 pub mod rules;
 pub mod server;
 pub mod store;

@@ -272,6 +272,22 @@ pub struct Rule {
     pub on_failure: Vec<Action>,
     /// Run once per cancelled event, with `cancel.reason`.
     pub on_cancel: Vec<Action>,
+    /// The answer the sender gets for an event this rule matches.
+    pub respond: Option<Respond>,
+    pub origin: Origin,
+}
+
+/// `respond:` on a rule or a source: the answer the sender gets instead of
+/// the standard 202, rendered from the event. When several apply, the first
+/// matched rule's wins, then the source's.
+#[derive(Debug, Clone)]
+pub struct Respond {
+    /// A 2xx status.
+    pub status: u16,
+    /// Header templates; `Content-Type` defaults from the body's kind.
+    pub headers: Vec<(http::HeaderName, Template)>,
+    pub body: Option<HttpBody>,
+    /// Where `respond:` was written.
     pub origin: Origin,
 }
 
@@ -501,6 +517,8 @@ pub struct RuleSet {
     /// Values that came from `${env:…}`/`${file:…}` and secrets: redacted
     /// from anything shown to a person.
     pub secrets: Vec<Secret>,
+    /// `respond:` of the sources that have one, by source name.
+    pub source_responds: HashMap<String, Respond>,
     source_by_name: HashMap<String, usize>,
     source_by_path: HashMap<String, usize>,
     rule_by_name: HashMap<String, usize>,
@@ -540,6 +558,7 @@ impl RuleSet {
             tests,
             templates,
             secrets,
+            source_responds: HashMap::new(),
             source_by_name,
             source_by_path,
             rule_by_name,
@@ -654,6 +673,21 @@ impl RuleSet {
                 (rule, verdict)
             })
             .collect()
+    }
+
+    /// The `respond:` that answers an event of `source` matched by the
+    /// rules `matched` (in declaration order): the first of them that has
+    /// one, else the source's. With the name of the rule it belongs to.
+    pub fn respond_for<'a>(
+        &'a self,
+        source: &str,
+        matched: &[String],
+    ) -> Option<(&'a Respond, Option<&'a str>)> {
+        matched
+            .iter()
+            .filter_map(|n| self.rule(n))
+            .find_map(|r| Some((r.respond.as_ref()?, Some(r.name.as_str()))))
+            .or_else(|| self.source_responds.get(source).map(|r| (r, None)))
     }
 
     /// `text` with every configured secret replaced by `[redacted]`.

@@ -23,6 +23,7 @@
 //! | ingest    | `Refusal::Storage`: the commit failed      | 503        | `Retry-After: 5`    |
 //! | ingest    | a duplicate within the dedup window        | 200        |                     |
 //! | ingest    | accepted and stored                        | 202        |                     |
+//! | ingest    | either, when a `respond:` answered it      | its 2xx    | its headers         |
 //!
 //! Error bodies never carry internals; details go to the log. The accept
 //! loop and the JSON replies are `http_util`'s, shared with the admin
@@ -47,7 +48,7 @@ use crate::ingest::{self, Ingested};
 use crate::metrics::Metrics;
 use crate::providers::{Admission, AdmitError, Inbound, Source, Verified, admit};
 use crate::rules::RuleSet;
-use crate::store::{Store, StoreError};
+use crate::store::{Reply, Store, StoreError};
 
 /// Limits of the ingress listener.
 #[derive(Debug, Clone)]
@@ -310,6 +311,7 @@ async fn ingest_event(
             matched,
             deliveries,
             run,
+            reply,
         }) => {
             // No rule matched: no `rules` field, rather than an empty one.
             let rules = (!matched.is_empty()).then(|| matched.join(","));
@@ -320,13 +322,19 @@ async fn ingest_event(
             for rule in &matched {
                 ingress.metrics.record_match(rule);
             }
+            if let Some(reply) = &reply {
+                return Ok(reply_response(reply));
+            }
             Ok(http_util::json(
                 StatusCode::ACCEPTED,
                 &serde_json::json!({"status": "accepted", "id": id, "key": key, "deliveries": deliveries}),
             ))
         }
-        Ok(Ingested::Duplicate { id, key }) => {
+        Ok(Ingested::Duplicate { id, key, reply }) => {
             tracing::info!(event_id = %id, key = %key, source = %source.name, "Duplicate event ignored.");
+            if let Some(reply) = &reply {
+                return Ok(reply_response(reply));
+            }
             Ok(http_util::json(
                 StatusCode::OK,
                 &serde_json::json!({"status": "duplicate", "id": id, "key": key}),
@@ -334,4 +342,21 @@ async fn ingest_event(
         }
         Err(error) => Err(Refusal::Storage { event_id, error }),
     }
+}
+
+/// The answer a `respond:` rendered (or stored, for a duplicate), as sent.
+/// A header that does not parse (never, for what `respond` made) is left
+/// out rather than failing the answer.
+fn reply_response(reply: &Reply) -> Resp {
+    let mut resp = Response::new(Full::new(Bytes::from(reply.body.clone())));
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    for (name, value) in &reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            resp.headers_mut().append(n, v);
+        }
+    }
+    resp
 }

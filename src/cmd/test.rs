@@ -249,6 +249,27 @@ fn render_text(report: &Report) -> String {
             render_action(&mut out, a, &(i + 1).to_string(), 1);
         }
     }
+    if let Some(r) = &report.respond {
+        match (&r.reply, &r.error) {
+            (Some(reply), _) => {
+                let _ = writeln!(
+                    out,
+                    "ANSWER {} ({}) instead of 202: {} {}",
+                    r.owner, r.origin, reply.status, reply.body
+                );
+            }
+            (None, error) => {
+                let _ = writeln!(
+                    out,
+                    "ANSWER {} ({}) would FAIL at {}: {}; the sender gets the standard 202",
+                    r.owner,
+                    r.origin,
+                    r.error_origin.as_deref().unwrap_or(&r.origin),
+                    error.as_deref().unwrap_or("")
+                );
+            }
+        }
+    }
     for r in report.rules.iter().filter(|r| !r.matched) {
         let _ = writeln!(
             out,

@@ -88,6 +88,11 @@ pub struct SourceConfig {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub timestamp_header: Option<Spanned<String>>,
+    /// The answer for every accepted event of this source, unless a matched
+    /// rule's `respond:` answers it.
+    #[serde(default)]
+    #[schemars(with = "Option<RespondConfig>")]
+    pub respond: Option<Spanned<RespondConfig>>,
 }
 
 /// What to do when a verified event matches.
@@ -131,6 +136,36 @@ pub struct RuleConfig {
     #[serde(default)]
     #[schemars(with = "Vec<ActionConfig>")]
     pub on_cancel: Vec<Spanned<ActionConfig>>,
+    /// The answer the sender gets for an event this rule matches, instead
+    /// of the standard 202; the first matched rule with one answers.
+    #[serde(default)]
+    #[schemars(with = "Option<RespondConfig>")]
+    pub respond: Option<Spanned<RespondConfig>>,
+}
+
+/// `respond:`: the HTTP answer to the sender, rendered from the event
+/// (`body`, `headers`, `query`, `event`) and sent once the event is stored.
+/// A duplicate gets the same answer; a render error the standard 202.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    /// A 2xx status; default 200.
+    #[serde(default)]
+    #[schemars(with = "Option<u16>", range(min = 200, max = 299))]
+    pub status: Option<Spanned<u16>>,
+    /// Header templates. `Content-Type` defaults to `application/json` for
+    /// `json` and `text/plain; charset=utf-8` for `body`.
+    #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, String>>")]
+    pub headers: Option<BTreeMap<String, Spanned<String>>>,
+    /// A YAML value whose string leaves are templates, or one template string
+    /// whose rendering is JSON.
+    #[serde(default)]
+    pub json: Option<Node>,
+    /// A raw body template.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub body: Option<Spanned<String>>,
 }
 
 /// One action: exactly one of `log`, `http`, `shell`, `cancel`, plus options.

@@ -155,6 +155,7 @@ both!(
     replay_runs_again,
     prune_removes_finished_events,
     cancel_ends_waiting_and_marks_running,
+    reply_is_kept_with_its_event,
 );
 
 fn event(id: &str) -> Event {
@@ -179,6 +180,7 @@ fn new_event(id: &str, received_ms: u64, actions: u32) -> NewEvent {
         deliveries: (0..actions)
             .map(|i| NewDelivery::new("r", ActionList::Actions, i, ActionType::Shell))
             .collect(),
+        reply: None,
     }
 }
 
@@ -237,6 +239,39 @@ async fn commit_then_duplicate(e: Engine) {
     let listed = s.read(|s| s.list_events(10, None)).await.expect("list");
     assert_eq!(listed.len(), 1, "the duplicate wrote nothing");
     assert_eq!(listed[0].deliveries.pending, 2);
+}
+
+async fn reply_is_kept_with_its_event(e: Engine) {
+    let s = e.store();
+    let now = clock::now_ms();
+    let reply = Reply {
+        status: 200,
+        headers: vec![("content-type".to_owned(), "application/json".to_owned())],
+        body: r#"{"text":"On it é"}"#.to_owned(),
+    };
+    let mut answered = new_event("answered", now, 1);
+    answered.reply = Some(reply.clone());
+    let (key, _) = accepted(s, answered).await;
+    let (plain, _) = accepted(s, new_event("plain", now, 1)).await;
+    // What a duplicate of each is answered with, from the store.
+    let mut again = new_event("answered", now + 1, 1);
+    again.reply = Some(Reply {
+        body: "rendered again".to_owned(),
+        ..reply.clone()
+    });
+    match s.commit(again).await.expect("commit") {
+        Committed::Duplicate { key: first } => {
+            assert_eq!(s.reply_of(&first).await.expect("reply"), Some(reply));
+        }
+        other => panic!("expected duplicate, got {other:?}"),
+    }
+    assert_eq!(s.reply_of(&plain).await.expect("reply"), None);
+    assert_eq!(s.reply_of("01NOSUCHEVENT").await.expect("reply"), None);
+    // The row with an answer still reads as an event.
+    assert_eq!(
+        event_of(s, &key).await.expect("stored").event.id,
+        "answered"
+    );
 }
 
 async fn duplicate_racing_on_two_handles(e: Engine) {

@@ -15,7 +15,7 @@ use super::pg::{PgOptions, PgStore};
 use super::types::{
     Attempt, BatchStats, CancelOutcome, Committed, DeliveryId, DeliveryRecord, DeliveryState,
     EventDetail, EventSummary, FollowUps, Leased, Leases, NewDelivery, NewEvent, Next, PruneStats,
-    QueueDepth, Stopper,
+    QueueDepth, Reply, Stopper,
 };
 use super::writer::Shared;
 use super::{RedbStore, StoreError};
@@ -325,6 +325,21 @@ impl Store {
         tokio::task::spawn_blocking(move || f(&store))
             .await
             .map_err(|_| StoreError::Internal("store read task failed"))?
+    }
+
+    /// What a `respond:` answered for the event `key` when it was accepted,
+    /// if anything: the answer a duplicate of it gets. `None` when the event
+    /// had none or is gone.
+    pub async fn reply_of(&self, key: &str) -> Result<Option<Reply>, StoreError> {
+        match self {
+            Store::Redb(r) => {
+                let (r, key) = (r.clone(), key.to_owned());
+                tokio::task::spawn_blocking(move || r.reply_of(&key))
+                    .await
+                    .map_err(|_| StoreError::Internal("store read task failed"))?
+            }
+            Store::Postgres(p) => p.reply_of(key).await,
+        }
     }
 
     /// See [`RedbStore::get_event`]. Blocking.

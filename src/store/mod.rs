@@ -44,7 +44,7 @@ pub use types::{
     Attempt, AttemptOutcome, BatchStats, CancelOutcome, Committed, DedupKey, DeliveryCounts,
     DeliveryDetail, DeliveryId, DeliveryRecord, DeliveryState, EventDetail, EventSummary,
     FailureContext, FollowUps, GroupSlot, Leased, Leases, MAX_DETAIL_BYTES, NewDelivery, NewEvent,
-    Next, ParseStateError, PruneStats, QueueDepth, Stopper, UnknownOutcome,
+    Next, ParseStateError, PruneStats, QueueDepth, Reply, Stopper, UnknownOutcome,
 };
 
 use prune::PruneChunk;

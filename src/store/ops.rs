@@ -104,6 +104,7 @@ pub(super) fn event_row(ev: &NewEvent) -> Result<Vec<u8>, StoreError> {
         received_ms: ev.received_ms,
         dedup_key: &ev.dedup_key,
         dedup_until_ms: ev.dedup_until_ms,
+        reply: ev.reply.as_ref(),
     })?;
     let (Some((b'}', head)), Some((b'{', tail))) = (head.split_last(), tail.split_first()) else {
         return Err(StoreError::Internal(
@@ -139,6 +140,9 @@ struct RowTail<'a> {
     received_ms: u64,
     dedup_key: &'a str,
     dedup_until_ms: u64,
+    /// Only when a `respond:` answered the event; older rows lack it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply: Option<&'a super::types::Reply>,
 }
 
 /// The event key behind `dedup_key` if the entry exists and expires after

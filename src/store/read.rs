@@ -37,6 +37,16 @@ impl RedbStore {
         }))
     }
 
+    /// See [`Store::reply_of`]. Blocking.
+    pub fn reply_of(&self, key: &str) -> Result<Option<Reply>, StoreError> {
+        let txn = self.inner.db.begin_read()?;
+        let events = txn.open_table(EVENTS)?;
+        match events.get(key)? {
+            Some(row) => schema::decode_event_reply(row.value()),
+            None => Ok(None),
+        }
+    }
+
     /// Events newest first, `limit` of them, strictly older than the key
     /// `before` when given (pass the last key of a page to get the next).
     /// Blocking.

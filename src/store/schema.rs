@@ -86,9 +86,23 @@ pub(super) struct EventRow {
     pub received_ms: u64,
     pub dedup_key: String,
     pub dedup_until_ms: u64,
+    /// What a `respond:` answered, for duplicates. An optional field of the
+    /// row rather than a table: written only with the event, read only for
+    /// a duplicate, and absent from rows written before it existed (and an
+    /// older binary reading a newer row ignores it), so the layout version
+    /// stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<super::types::Reply>,
     /// The deliveries the event was accepted with, from the row's header.
     #[serde(skip)]
     pub first_deliveries: std::ops::Range<u64>,
+}
+
+/// The part of an event row a duplicate's answer needs.
+#[derive(Debug, Deserialize)]
+pub(super) struct EventRowReply {
+    #[serde(default)]
+    pub reply: Option<super::types::Reply>,
 }
 
 /// The parts of an event row that prune needs. Decoding only these skips
@@ -517,6 +531,12 @@ pub(super) fn decode_event_row(bytes: &[u8]) -> Result<EventRow, StoreError> {
     let (mut row, first): (EventRow, _) = decode_event_row_as(bytes)?;
     row.first_deliveries = first;
     Ok(row)
+}
+
+/// [`decode_event_row`], for a duplicate: the stored answer only.
+pub(super) fn decode_event_reply(bytes: &[u8]) -> Result<Option<super::types::Reply>, StoreError> {
+    let (row, _): (EventRowReply, _) = decode_event_row_as(bytes)?;
+    Ok(row.reply)
 }
 
 /// [`decode_event_row`], for prune: the dedup key, its expiry and the first

@@ -52,6 +52,7 @@ fn new_event(id: &str, received_ms: u64, deliveries: Vec<NewDelivery>) -> NewEve
         dedup_until_ms: received_ms + WINDOW,
         received_ms,
         deliveries,
+        reply: None,
     }
 }
 

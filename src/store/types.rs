@@ -51,6 +51,22 @@ pub struct NewEvent {
     /// (a ULID) carries it as its timestamp.
     pub received_ms: u64,
     pub deliveries: Vec<NewDelivery>,
+    /// The answer a `respond:` rendered for the sender, kept with the event
+    /// so a duplicate is answered with the same bytes (see [`Reply`]).
+    pub reply: Option<Reply>,
+}
+
+/// The HTTP answer a `respond:` rendered for an event, as sent: stored with
+/// the event so that a duplicate gets exactly these bytes, whatever the
+/// rules say by then.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    /// A 2xx status.
+    pub status: u16,
+    /// Rendered header values, in the rule's order.
+    pub headers: Vec<(String, String)>,
+    /// The rendered body (JSON text for `json:`).
+    pub body: String,
 }
 
 /// One delivery to create: run action `action` of rule `rule` for the event.

@@ -176,7 +176,8 @@ fn unknown_field_in_a_rule() {
         "tests/fixtures/invalid/unknown_field_rule.yaml",
         &[
             "tests/fixtures/invalid/unknown_field_rule.yaml:9:5: rule \"typo\": unknown field `evnt`, \
-           expected one of name, source, event, match, dedup, when, actions, on_failure, on_cancel",
+           expected one of name, source, event, match, dedup, when, actions, on_failure, on_cancel, \
+           respond",
         ],
     );
 }
@@ -200,7 +201,7 @@ fn unknown_field_in_a_source() {
         &[
             "tests/fixtures/invalid/unknown_field_source.yaml:4:5: source \"gh\": unknown field \
            `secrets`, expected one of name, provider, secret, path, tolerance, url, event_type, \
-           event_id, header, algorithm, encoding, prefix, timestamp_header",
+           event_id, header, algorithm, encoding, prefix, timestamp_header, respond",
         ],
     );
 }

@@ -20,6 +20,7 @@
 //! | a Standard Webhooks verifier written from the spec, used by `actions.rs` | `standard_verifier.rs` |
 //! | the bounded worker pool | `workers.rs` |
 //! | hot reload: watcher, SIGHUP, failed reloads | `reload.rs` |
+//! | `respond:`: the sender's answer, duplicates, render errors, 503, `check`'s warning | `respond.rs` |
 //! | the admin listener: probes, metrics, the token | `admin.rs` |
 //! | the admin listener answers only its own names; cross-site writes refused | `admin_guard.rs` |
 //! | logs: secrets kept out, JSON lines carrying the event id | `logging.rs` |
@@ -51,6 +52,7 @@ mod logging;
 mod postgres;
 mod providers;
 mod reload;
+mod respond;
 mod retention;
 mod schema;
 mod serve;

@@ -376,7 +376,7 @@ impl Compiler {
 
     /// A `json:` body: one template string whose output is JSON, or a YAML
     /// value whose string leaves are templates.
-    fn json_body(&mut self, ctx: &Ctx<'_>, node: &Node) -> Option<JsonTemplate> {
+    pub(super) fn json_body(&mut self, ctx: &Ctx<'_>, node: &Node) -> Option<JsonTemplate> {
         if let Some(text) = node.as_str() {
             let text = self.expand(ctx, text, node.pos)?;
             return match self.templates.compile_typed(&text) {

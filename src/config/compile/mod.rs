@@ -9,9 +9,11 @@
 //! This module owns the compile state and the helpers every item uses
 //! (diagnostics, `${…}` expansion, durations, templates); each kind of item
 //! has its own file: `source`, `rule` (with its `match:` conditions),
-//! `action` (log, HTTP, shell, retry) and `test` (embedded rule tests).
+//! `action` (log, HTTP, shell, retry), `respond` (answers to the sender)
+//! and `test` (embedded rule tests).
 
 mod action;
+mod respond;
 mod rule;
 mod source;
 mod test;
@@ -49,6 +51,8 @@ struct Compiler {
     rule_names: HashMap<String, Origin>,
     /// Every `cancel:` action's target, checked once all rules are known.
     cancel_refs: Vec<CancelRef>,
+    /// `respond:` of the sources that have one.
+    source_responds: HashMap<String, crate::rules::Respond>,
 }
 
 /// A rule named by a `cancel:` action, and where it was named.
@@ -92,6 +96,7 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
         source_paths: HashMap::new(),
         rule_names: HashMap::new(),
         cancel_refs: Vec::new(),
+        source_responds: HashMap::new(),
     };
     // Sources first, from every file, so a rule may name a source defined in
     // another file.
@@ -108,6 +113,7 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
     // After every file's rules: a `cancel:` may name a rule defined later
     // or in another file.
     c.check_cancel_refs();
+    c.check_respond_overlap();
     for f in &files {
         for t in &f.config.tests {
             c.test(&f.path, t);
@@ -117,7 +123,8 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
     if c.diags.has_errors() {
         return Err(c.diags);
     }
-    let set = RuleSet::new(c.sources, c.rules, c.tests, c.templates, c.secrets);
+    let mut set = RuleSet::new(c.sources, c.rules, c.tests, c.templates, c.secrets);
+    set.source_responds = c.source_responds;
     Ok((set, c.diags))
 }
 

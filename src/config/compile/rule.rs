@@ -1,6 +1,6 @@
 //! Compiling a `rules:` entry: its name, the sources and events it
 //! listens to, its `match:` conditions, `when:` template and dedup key. Its
-//! actions are compiled by `action`.
+//! actions are compiled by `action`, its `respond:` by `respond`.
 
 use std::path::Path;
 
@@ -61,6 +61,7 @@ impl Compiler {
             .iter()
             .filter_map(|a| self.action(&ctx, a))
             .collect();
+        let respond = r.respond.as_ref().and_then(|x| self.respond(&ctx, x));
         if self.diags.errors.len() > errors_before {
             return;
         }
@@ -74,6 +75,7 @@ impl Compiler {
             actions,
             on_failure,
             on_cancel,
+            respond,
             origin: ctx.origin(name_pos),
         });
     }

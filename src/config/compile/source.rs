@@ -81,6 +81,14 @@ impl Compiler {
         let hmac = self.hmac_options(&ctx, s, kind == "hmac");
         let event_type = s.event_type.as_ref().and_then(|e| self.extractor(&ctx, e));
         let event_id = s.event_id.as_ref().and_then(|e| self.extractor(&ctx, e));
+        // Kept aside (sources sit below rules); any error discards the set.
+        match s.respond.as_ref().map(|r| self.respond(&ctx, r)) {
+            Some(Some(r)) => {
+                self.source_responds.insert(name.clone(), r);
+            }
+            Some(None) => ok = false,
+            None => {}
+        }
 
         let path = match &s.path {
             Some(p) if !p.value.starts_with('/') => {

@@ -18,7 +18,7 @@ use super::{DELIVERY_COLS, PgStore, col, db_err, decode_delivery, to_db};
 use crate::store::StoreError;
 use crate::store::ops::KeyGen;
 use crate::store::types::{
-    Committed, DeliveryRecord, DeliveryState, Leased, NewDelivery, NewEvent,
+    Committed, DeliveryRecord, DeliveryState, Leased, NewDelivery, NewEvent, Reply,
 };
 
 /// Commits that may wait for the committer before senders wait too.
@@ -165,9 +165,12 @@ async fn commit_one(
             return Ok((Committed::Duplicate { key: original }, Vec::new()));
         }
     }
+    // The answer has a column of its own (the row is the redb row
+    // without it), so a duplicate reads it without decoding the event.
+    let reply = ev.reply.as_ref().map(serde_json::to_vec).transpose()?;
     txn.execute(
-        "INSERT INTO hookrouter_events (key, received_ms, dedup_key, row_json) VALUES ($1, $2, $3, $4)",
-        &[&key, &received, &ev.dedup_key.as_bytes(), &req.row],
+        "INSERT INTO hookrouter_events (key, received_ms, dedup_key, row_json, reply) VALUES ($1, $2, $3, $4, $5)",
+        &[&key, &received, &ev.dedup_key.as_bytes(), &req.row, &reply],
     )
     .await
     .map_err(db_err)?;
@@ -318,7 +321,9 @@ impl PgStore {
     }
 
     async fn queue(&self, mut ev: NewEvent, leased: bool) -> Result<Answer, StoreError> {
+        let reply = ev.reply.take();
         let row = crate::store::ops::event_row(&ev)?;
+        ev.reply = reply;
         if leased {
             ev.event.body.forget_text();
         }
@@ -338,6 +343,33 @@ impl PgStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+impl PgStore {
+    /// See [`crate::store::Store::reply_of`].
+    pub async fn reply_of(&self, key: &str) -> Result<Option<Reply>, StoreError> {
+        self.run(async {
+            let client = self.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT reply FROM hookrouter_events WHERE key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(db_err)?;
+            let bytes: Option<Vec<u8>> = match &row {
+                Some(r) => col(r, "reply")?,
+                None => None,
+            };
+            bytes
+                .map(|b| {
+                    serde_json::from_slice(&b)
+                        .map_err(|e| StoreError::Corrupt(format!("event reply: {e}")))
+                })
+                .transpose()
+        })
+        .await
     }
 }
 
