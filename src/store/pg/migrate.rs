@@ -12,7 +12,14 @@ use super::db_err;
 use crate::store::StoreError;
 
 /// Every migration, in order. Append only: an applied migration never changes.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "init", include_str!("migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "init", include_str!("migrations/0001_init.sql")),
+    (
+        2,
+        "agent_controls",
+        include_str!("migrations/0002_agent_controls.sql"),
+    ),
+];
 
 /// The advisory lock key that serialises migrations ("hookrout" in ASCII).
 const LOCK_KEY: i64 = 0x686f_6f6b_726f_7574;
