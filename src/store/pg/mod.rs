@@ -2,7 +2,8 @@
 //!
 //! Owns the `PgStore` handle: its pool, its committer task (`commit`), the
 //! leases this process holds (`lease`, which also renews them while they
-//! run), the reads, replay, cancel and prune (`read`), the schema
+//! run), the reads, replay, cancel and prune (`read`), the agent controls'
+//! decisions (groups, `concurrency:`, expiry, cancels: `decide`), the schema
 //! (`migrate`) and the connection (`connect`). It speaks the same contract,
 //! in the same types, as the redb engine; `super::Store` chooses between
 //! them.
@@ -261,9 +262,10 @@ impl PgStore {
     }
 }
 
-/// Listens for other replicas' wake-ups on a connection of its own (a
-/// pooled one would be recycled). Without it, or while it is down, the
-/// dispatcher still polls at least once a second.
+/// Listens for other replicas' wake-ups, and for the runs a cancel on any
+/// replica marked, on a connection of its own (a pooled one would be
+/// recycled). Without it, or while it is down, the dispatcher still polls at
+/// least once a second and lease renewal reports cancelled runs.
 async fn listen(url: String, weak: std::sync::Weak<Inner>) {
     use futures_like::poll_messages;
     loop {
