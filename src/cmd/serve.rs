@@ -104,12 +104,6 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let StoreUrl::Postgres(_) = &args.store {
-        if let Some(why) = unsupported_on_postgres(&loaded.rules) {
-            tracing::error!(store = %args.store.describe(), "Cannot serve these rules on PostgreSQL yet: {why}.");
-            return ExitCode::from(2);
-        }
-    }
     let opts = PgOptions {
         lease_ttl: args.lease_ttl,
         timeout: args.store_timeout,
@@ -403,29 +397,4 @@ fn raise_open_files_limit() {
     {
         tracing::debug!(error = %e, "Cannot raise the open-file limit.");
     }
-}
-
-/// What of the rules the PostgreSQL store does not decide yet (groups,
-/// `then:` children, `start_within`), so a server refuses to start rather
-/// than ignore them.
-fn unsupported_on_postgres(rules: &crate::rules::RuleSet) -> Option<String> {
-    fn check(rule: &str, actions: &[crate::rules::Action]) -> Option<String> {
-        for a in actions {
-            if a.group.is_some() {
-                return Some(format!("rule {rule:?} uses group:"));
-            }
-            if !a.then.is_empty() {
-                return Some(format!("rule {rule:?} uses then:"));
-            }
-            if a.start_within.is_some() {
-                return Some(format!("rule {rule:?} uses start_within:"));
-            }
-        }
-        None
-    }
-    rules.rules.iter().find_map(|r| {
-        check(&r.name, &r.actions)
-            .or_else(|| check(&r.name, &r.on_failure))
-            .or_else(|| check(&r.name, &r.on_cancel))
-    })
 }

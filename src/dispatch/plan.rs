@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::rules::{Action, ActionList, Rule, RuleSet};
+use crate::rules::{Action, ActionList, ActionRef, Rule, RuleSet};
 use crate::store::{FailureContext, FollowUps, GroupSlot, NewDelivery};
 
 /// The message of the group-key error: the key is what makes a group, and
@@ -91,6 +91,10 @@ impl FollowUps for Reactions {
         list_deliveries(rule, ActionList::OnCancel, |d| {
             d.cancel_reason = Some(reason.to_owned());
         })
+    }
+
+    fn concurrency(&self, action: &ActionRef) -> Option<u32> {
+        self.0.load().action(action).and_then(|a| a.concurrency)
     }
 }
 

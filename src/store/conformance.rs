@@ -13,7 +13,7 @@ use serde_json::json;
 use super::*;
 use crate::clock;
 use crate::event::Event;
-use crate::rules::{ActionList, ActionType};
+use crate::rules::{ActionList, ActionRef, ActionType, OnBusy};
 
 const WINDOW: u64 = 60_000;
 
@@ -156,6 +156,15 @@ both!(
     prune_removes_finished_events,
     cancel_ends_waiting_and_marks_running,
     reply_is_kept_with_its_event,
+    queue_group_runs_in_arrival_order_and_other_keys_in_parallel,
+    replace_keeps_only_the_newest_waiting_member,
+    on_busy_cancel_stops_the_running_member_and_runs_the_new_one_next,
+    skip_records_the_new_member_skipped,
+    then_children_exist_iff_the_success_is_recorded,
+    cancel_by_group_key_ends_waiting_marks_running_and_reacts_once,
+    a_delivery_not_started_in_time_expires_with_one_on_failure,
+    a_delivery_that_started_in_time_does_not_expire,
+    a_group_key_that_did_not_render_makes_a_dead_delivery_with_on_failure,
 );
 
 fn event(id: &str) -> Event {
@@ -453,6 +462,332 @@ async fn cancel_ends_waiting_and_marks_running(e: Engine) {
     assert!(err.is_not_found());
 }
 
+// ---- agent controls: groups, cancel, expiry, then: children ----
+
+/// Reactions as a rule with one `on_failure` and one `on_cancel` log
+/// action would give them; rule `lane`'s first action has `concurrency`.
+struct Reactions {
+    lane: Option<u32>,
+}
+
+impl FollowUps for Reactions {
+    fn on_failure(&self, rule: &str, failure: &FailureContext) -> Vec<NewDelivery> {
+        vec![NewDelivery {
+            on_failure: Some(failure.clone()),
+            ..NewDelivery::new(rule, ActionList::OnFailure, 0, ActionType::Log)
+        }]
+    }
+    fn on_cancel(&self, rule: &str, reason: &str) -> Vec<NewDelivery> {
+        vec![NewDelivery {
+            cancel_reason: Some(reason.to_owned()),
+            ..NewDelivery::new(rule, ActionList::OnCancel, 0, ActionType::Log)
+        }]
+    }
+    fn concurrency(&self, action: &ActionRef) -> Option<u32> {
+        (action.rule == "lane" && action.list == ActionList::Actions && action.index == 0)
+            .then_some(self.lane)
+            .flatten()
+    }
+}
+
+fn with_reactions(s: &Store) {
+    s.set_follow_ups(std::sync::Arc::new(Reactions { lane: None }));
+}
+
+fn grouped(key: &str, on_busy: OnBusy) -> NewDelivery {
+    NewDelivery {
+        group: Some(GroupSlot {
+            key: key.to_owned(),
+            limit: 1,
+            on_busy,
+        }),
+        ..NewDelivery::new("review", ActionList::Actions, 0, ActionType::Shell)
+    }
+}
+
+fn event_with(id: &str, received_ms: u64, deliveries: Vec<NewDelivery>) -> NewEvent {
+    NewEvent {
+        deliveries,
+        ..new_event(id, received_ms, 0)
+    }
+}
+
+/// One event with one delivery: its key and the delivery's id.
+async fn one(s: &Store, id: &str, at: u64, d: NewDelivery) -> (String, DeliveryId) {
+    let (key, ids) = accepted(s, event_with(id, at, vec![d])).await;
+    (key, ids[0])
+}
+
+/// What a lease at `now` leased, and the running deliveries it said to stop.
+async fn leased_ids(s: &Store, now: u64) -> (Vec<DeliveryId>, Vec<DeliveryId>) {
+    let l = s.lease(now, 64, 30_000).await.expect("lease");
+    (l.leased.iter().map(|l| l.delivery.id).collect(), l.stop)
+}
+
+async fn rec(s: &Store, id: DeliveryId) -> DeliveryRecord {
+    s.read(|s| s.list_deliveries(None, 10_000))
+        .await
+        .expect("list")
+        .into_iter()
+        .find(|r| r.id == id)
+        .expect("delivery")
+}
+
+/// The deliveries of an event in one of its rule's lists.
+async fn of_list(s: &Store, key: &str, list: ActionList) -> Vec<DeliveryRecord> {
+    event_of(s, key)
+        .await
+        .expect("event")
+        .deliveries
+        .into_iter()
+        .map(|d| d.record)
+        .filter(|r| r.list == list)
+        .collect()
+}
+
+async fn done(s: &Store, id: DeliveryId) {
+    s.finish(id, ok(clock::now_ms()), Next::Done)
+        .await
+        .expect("finish");
+}
+
+async fn queue_group_runs_in_arrival_order_and_other_keys_in_parallel(e: Engine) {
+    let s = e.store();
+    let t = clock::now_ms();
+    let (_, a) = one(s, "a", t, grouped("1", OnBusy::Queue)).await;
+    let (_, b) = one(s, "b", t + 1, grouped("1", OnBusy::Queue)).await;
+    let (_, c) = one(s, "c", t + 2, grouped("2", OnBusy::Queue)).await;
+    assert_eq!(leased_ids(s, t + 1_000).await, (vec![a, c], vec![]));
+    // B waits, counted pending but not due: nothing is due but the leases'
+    // expiry.
+    assert_eq!(rec(s, b).await.state, DeliveryState::Pending);
+    assert_eq!(s.read(|s| s.queue_depth()).await.expect("depth").pending, 1);
+    let next = s.read(|s| s.next_due_ms()).await.expect("next");
+    assert!(next.is_some_and(|n| n > t + 10_000), "{next:?}");
+    assert_eq!(leased_ids(s, t + 2_000).await, (vec![], vec![]));
+    // A newer member arriving while B waits queues behind it.
+    let (_, d) = one(s, "d", t + 2_000, grouped("1", OnBusy::Queue)).await;
+    assert_eq!(leased_ids(s, t + 2_000).await, (vec![], vec![]));
+    done(s, a).await;
+    assert_eq!(leased_ids(s, t + 2_200).await, (vec![b], vec![]));
+    done(s, b).await;
+    assert_eq!(leased_ids(s, t + 2_400).await, (vec![d], vec![]));
+}
+
+async fn replace_keeps_only_the_newest_waiting_member(e: Engine) {
+    let s = e.store();
+    let t = clock::now_ms();
+    let (_, a) = one(s, "a", t, grouped("1", OnBusy::Replace)).await;
+    assert_eq!(leased_ids(s, t).await.0, vec![a]);
+    let (_, b) = one(s, "b", t + 1, grouped("1", OnBusy::Replace)).await;
+    let (_, c) = one(s, "c", t + 2, grouped("1", OnBusy::Replace)).await;
+    let (_, d) = one(s, "d", t + 3, grouped("1", OnBusy::Replace)).await;
+    assert_eq!(leased_ids(s, t + 1_000).await, (vec![], vec![]));
+    assert_eq!(rec(s, b).await.state, DeliveryState::Superseded);
+    assert_eq!(rec(s, c).await.state, DeliveryState::Superseded);
+    assert_eq!(rec(s, d).await.state, DeliveryState::Pending);
+    assert_eq!(rec(s, a).await.state, DeliveryState::Leased);
+    assert_eq!(
+        s.read(|s| s.queue_depth()).await.expect("depth").superseded,
+        2
+    );
+    done(s, a).await;
+    assert_eq!(leased_ids(s, t + 1_200).await.0, vec![d]);
+}
+
+async fn on_busy_cancel_stops_the_running_member_and_runs_the_new_one_next(e: Engine) {
+    let s = e.store();
+    with_reactions(s);
+    let t = clock::now_ms();
+    let (a_key, a) = one(s, "a", t, grouped("1", OnBusy::Cancel)).await;
+    assert_eq!(leased_ids(s, t).await.0, vec![a]);
+    let (_, b) = one(s, "b", t + 1, grouped("1", OnBusy::Cancel)).await;
+    let (_, c) = one(s, "c", t + 2, grouped("1", OnBusy::Cancel)).await;
+    // B asks A to stop and waits; C asks again (A is marked already) and
+    // supersedes B.
+    assert_eq!(leased_ids(s, t + 1_000).await, (vec![], vec![a]));
+    assert!(rec(s, a).await.cancel.is_some());
+    assert_eq!(rec(s, b).await.state, DeliveryState::Superseded);
+    // A's attempt ends (even "ok", with a then: child): it is cancelled,
+    // and the child is not created.
+    let child = NewDelivery {
+        parent: Some(a),
+        then: vec![0],
+        ..NewDelivery::new("review", ActionList::Actions, 0, ActionType::Log)
+    };
+    let made = s
+        .finish_with(a, ok(clock::now_ms()), Next::Done, vec![child])
+        .await
+        .expect("finish");
+    assert!(made.is_empty());
+    let ra = rec(s, a).await;
+    assert_eq!((ra.state, ra.attempts), (DeliveryState::Cancelled, 1));
+    let on_cancel = of_list(s, &a_key, ActionList::OnCancel).await;
+    assert_eq!(on_cancel.len(), 1, "on_cancel once for the event");
+    assert!(on_cancel[0].cancel_reason.is_some());
+    // The newest member runs next, and so does the on_cancel reaction.
+    assert_eq!(leased_ids(s, t + 1_200).await.0, vec![c, on_cancel[0].id]);
+}
+
+async fn skip_records_the_new_member_skipped(e: Engine) {
+    let s = e.store();
+    let t = clock::now_ms();
+    let (_, a) = one(s, "a", t, grouped("1", OnBusy::Skip)).await;
+    assert_eq!(leased_ids(s, t).await.0, vec![a]);
+    let (_, b) = one(s, "b", t + 1, grouped("1", OnBusy::Skip)).await;
+    assert_eq!(leased_ids(s, t + 1_000).await, (vec![], vec![]));
+    assert_eq!(rec(s, b).await.state, DeliveryState::Skipped);
+    done(s, a).await;
+    assert!(leased_ids(s, t + 1_200).await.0.is_empty());
+    assert_eq!(s.read(|s| s.queue_depth()).await.expect("depth").skipped, 1);
+}
+
+async fn then_children_exist_iff_the_success_is_recorded(e: Engine) {
+    let s = e.store();
+    let t = clock::now_ms();
+    let (key, ids) = accepted(s, new_event("a", t, 2)).await;
+    assert_eq!(leased_ids(s, t).await.0.len(), 2);
+    let child = |parent| NewDelivery {
+        parent: Some(parent),
+        then: vec![0],
+        result: Some(json!({"status": 0, "json": {"result": "hi"}})),
+        ..NewDelivery::new("r", ActionList::Actions, 0, ActionType::Http)
+    };
+    // Success: the child is created in the same commit, with the result.
+    let made = s
+        .finish_with(ids[0], ok(t), Next::Done, vec![child(ids[0])])
+        .await
+        .expect("finish");
+    assert_eq!(made.len(), 1);
+    let c = rec(s, made[0]).await;
+    assert_eq!(
+        (c.parent, c.then.clone(), c.state),
+        (Some(ids[0]), vec![0], DeliveryState::Pending)
+    );
+    assert_eq!(
+        c.result,
+        Some(json!({"status": 0, "json": {"result": "hi"}}))
+    );
+    assert_eq!(c.action_ref().then, vec![0]);
+    // A late finish on a finished delivery creates none.
+    let late = s
+        .finish_with(ids[0], ok(t), Next::Done, vec![child(ids[0])])
+        .await
+        .expect("late finish");
+    assert!(late.is_empty());
+    s.finish(ids[1], failed(t), Next::Dead)
+        .await
+        .expect("finish");
+    let detail = event_of(s, &key).await.expect("event");
+    assert_eq!(detail.deliveries.len(), 3);
+    // The child runs like any delivery.
+    assert_eq!(leased_ids(s, clock::now_ms()).await.0, made);
+}
+
+async fn cancel_by_group_key_ends_waiting_marks_running_and_reacts_once(e: Engine) {
+    let s = e.store();
+    with_reactions(s);
+    let stopped = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    s.set_stopper({
+        let stopped = std::sync::Arc::clone(&stopped);
+        std::sync::Arc::new(move |ids: &[DeliveryId]| {
+            stopped.lock().expect("lock").extend_from_slice(ids);
+        })
+    });
+    let t = clock::now_ms();
+    let (a_key, a) = one(s, "a", t, grouped("7", OnBusy::Queue)).await;
+    assert_eq!(leased_ids(s, t).await.0, vec![a]);
+    let (b_key, b) = one(s, "b", t + 1, grouped("7", OnBusy::Queue)).await;
+    let (_, other) = one(s, "c", t + 2, grouped("8", OnBusy::Queue)).await;
+    assert_eq!(leased_ids(s, t + 1_000).await.0, vec![other]);
+    let out = s
+        .cancel_group("review", "7", "closed")
+        .await
+        .expect("cancel");
+    assert_eq!(out.cancelled, 2);
+    assert_eq!(out.stopping, vec![a]);
+    assert!(stopped.lock().expect("lock").contains(&a), "told to stop");
+    assert_eq!(rec(s, b).await.state, DeliveryState::Cancelled);
+    assert_eq!(rec(s, other).await.state, DeliveryState::Leased);
+    for key in [&a_key, &b_key] {
+        let reactions = of_list(s, key, ActionList::OnCancel).await;
+        assert_eq!(reactions.len(), 1, "{reactions:?}");
+        assert_eq!(reactions[0].cancel_reason.as_deref(), Some("closed"));
+    }
+    // Whatever the marked run's attempt did, it ends cancelled.
+    done(s, a).await;
+    assert_eq!(rec(s, a).await.state, DeliveryState::Cancelled);
+    let none = s
+        .cancel_group("review", "nope", "closed")
+        .await
+        .expect("cancel");
+    assert_eq!(none, CancelOutcome::default());
+    let again = s
+        .cancel_event(&a_key, None, "closed")
+        .await
+        .expect("cancel");
+    assert_eq!(again, CancelOutcome::default());
+}
+
+async fn a_delivery_not_started_in_time_expires_with_one_on_failure(e: Engine) {
+    let s = e.store();
+    with_reactions(s);
+    let t = clock::now_ms();
+    let late = NewDelivery {
+        start_within_ms: Some(500),
+        ..NewDelivery::new("r", ActionList::Actions, 0, ActionType::Shell)
+    };
+    let (key, id) = one(s, "a", t, late).await;
+    assert_eq!(rec(s, id).await.deadline_ms, Some(t + 500));
+    let (leased, _) = leased_ids(s, t + 600).await;
+    let r = rec(s, id).await;
+    assert_eq!(r.state, DeliveryState::Expired);
+    let failures = of_list(s, &key, ActionList::OnFailure).await;
+    assert_eq!(failures.len(), 1);
+    let failure = failures[0].on_failure.as_ref().expect("context");
+    assert_eq!(failure.reason.as_deref(), Some("expired"));
+    assert_eq!(failure.delivery, id);
+    let (again, _) = leased_ids(s, t + 600).await;
+    assert_eq!([leased, again].concat(), vec![failures[0].id]);
+    assert_eq!(s.read(|s| s.queue_depth()).await.expect("depth").expired, 1);
+}
+
+async fn a_delivery_that_started_in_time_does_not_expire(e: Engine) {
+    let s = e.store();
+    let t = clock::now_ms();
+    let d = NewDelivery {
+        start_within_ms: Some(500),
+        ..NewDelivery::new("r", ActionList::Actions, 0, ActionType::Shell)
+    };
+    let (_, id) = one(s, "a", t, d).await;
+    assert_eq!(leased_ids(s, t + 400).await.0, vec![id]);
+    s.finish(id, failed(t + 450), Next::RetryAt(t + 2_000))
+        .await
+        .expect("finish");
+    // Its retry is due after the deadline; an attempt started in time.
+    assert_eq!(leased_ids(s, t + 2_000).await.0, vec![id]);
+}
+
+async fn a_group_key_that_did_not_render_makes_a_dead_delivery_with_on_failure(e: Engine) {
+    let s = e.store();
+    with_reactions(s);
+    let bad = NewDelivery {
+        error: Some("group key rendered empty".to_owned()),
+        ..NewDelivery::new("r", ActionList::Actions, 0, ActionType::Shell)
+    };
+    let (key, id) = one(s, "a", clock::now_ms(), bad).await;
+    let r = rec(s, id).await;
+    assert_eq!(r.state, DeliveryState::Dead);
+    assert_eq!(r.last_error.as_deref(), Some("group key rendered empty"));
+    let failures = of_list(s, &key, ActionList::OnFailure).await;
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        failures[0].on_failure.as_ref().map(|f| f.delivery),
+        Some(id)
+    );
+    assert_eq!(s.read(|s| s.queue_depth()).await.expect("depth").dead, 1);
+}
+
 /// PostgreSQL only: replicas that share leases.
 mod leases_across_replicas {
     use super::*;
@@ -506,5 +841,178 @@ mod leases_across_replicas {
         let d = event_of(&b, &key).await.expect("stored");
         assert_eq!(d.deliveries[0].record.state, DeliveryState::Done);
         assert_eq!(d.deliveries[0].record.attempts, 1);
+    }
+
+    /// The schema's URL, for a connection of the test's own.
+    fn url(e: &Engine) -> &str {
+        match e {
+            Engine::Postgres(db, _) => &db.url,
+            Engine::Redb { .. } => unreachable!("PostgreSQL only"),
+        }
+    }
+
+    fn collecting() -> (Stopper, std::sync::Arc<std::sync::Mutex<Vec<DeliveryId>>>) {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stopper: Stopper = {
+            let seen = std::sync::Arc::clone(&seen);
+            std::sync::Arc::new(move |ids: &[DeliveryId]| {
+                seen.lock().expect("lock").extend_from_slice(ids);
+            })
+        };
+        (stopper, seen)
+    }
+
+    async fn told(seen: &std::sync::Mutex<Vec<DeliveryId>>, id: DeliveryId) -> bool {
+        for _ in 0..100 {
+            if seen.lock().expect("lock").contains(&id) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_holds_across_replicas() {
+        let Some(e) = postgres(PgOptions::default()).await else {
+            return;
+        };
+        let a = e.store().clone();
+        let b = e.other(PgOptions::default()).await;
+        let t = clock::now_ms();
+        let (_, m1) = one(&a, "m1", t, grouped("1", OnBusy::Queue)).await;
+        let (_, m2) = one(&b, "m2", t + 1, grouped("1", OnBusy::Queue)).await;
+        assert_eq!(leased_ids(&a, t + 1_000).await.0, vec![m1]);
+        assert!(leased_ids(&b, t + 1_000).await.0.is_empty());
+        done(&a, m1).await;
+        assert_eq!(leased_ids(&b, t + 1_000).await.0, vec![m2]);
+    }
+
+    /// Two replicas lease one group (limit 1) as fast as they can: never
+    /// two members at once, each once, in order of arrival.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_replicas_admit_a_group_one_at_a_time_in_arrival_order() {
+        let Some(e) = postgres(PgOptions::default()).await else {
+            return;
+        };
+        let a = e.store().clone();
+        let b = e.other(PgOptions::default()).await;
+        let t = clock::now_ms();
+        let mut ids = Vec::new();
+        for i in 0..24 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            ids.push(
+                one(s, &format!("m{i}"), t + i, grouped("g", OnBusy::Queue))
+                    .await
+                    .1,
+            );
+        }
+        let started = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let worker = |s: Store| {
+            let started = std::sync::Arc::clone(&started);
+            async move {
+                for _ in 0..2_000 {
+                    if started.lock().expect("lock").len() >= 24 {
+                        return;
+                    }
+                    let got = s.lease(t + 1_000, 4, 30_000).await.expect("lease");
+                    for l in got.leased {
+                        let running = s
+                            .read(|s| s.list_deliveries(Some(DeliveryState::Leased), 100))
+                            .await
+                            .expect("list");
+                        assert_eq!(running.len(), 1, "{running:?}");
+                        started.lock().expect("lock").push(l.delivery.id);
+                        s.finish(l.delivery.id, ok(clock::now_ms()), Next::Done)
+                            .await
+                            .expect("finish");
+                    }
+                }
+            }
+        };
+        tokio::join!(worker(a.clone()), worker(b.clone()));
+        assert_eq!(*started.lock().expect("lock"), ids);
+        let depth = a.read(|s| s.queue_depth()).await.expect("depth");
+        assert_eq!((depth.done, depth.pending, depth.leased), (24, 0, 0));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrency_holds_across_replicas() {
+        let Some(e) = postgres(PgOptions::default()).await else {
+            return;
+        };
+        let a = e.store().clone();
+        let b = e.other(PgOptions::default()).await;
+        for s in [&a, &b] {
+            s.set_follow_ups(std::sync::Arc::new(Reactions { lane: Some(1) }));
+        }
+        let t = clock::now_ms();
+        let lane = || NewDelivery::new("lane", ActionList::Actions, 0, ActionType::Shell);
+        let (_, x) = one(&a, "x", t, lane()).await;
+        let (_, y) = one(&b, "y", t + 1, lane()).await;
+        let (_, z) = one(&a, "z", t + 2, lane()).await;
+        assert_eq!(leased_ids(&a, t + 1_000).await.0, vec![x]);
+        assert!(leased_ids(&b, t + 1_000).await.0.is_empty());
+        // Waiting for the lane is not being due.
+        let next = b.read(|s| s.next_due_ms()).await.expect("next");
+        assert!(next.is_some_and(|n| n > t + 10_000), "{next:?}");
+        done(&a, x).await;
+        assert_eq!(leased_ids(&b, t + 1_000).await.0, vec![y]);
+        assert!(leased_ids(&a, t + 1_000).await.0.is_empty());
+        // A retry frees the slot too, and waits its turn again.
+        b.finish(y, failed(clock::now_ms()), Next::RetryAt(t + 1_500))
+            .await
+            .expect("finish");
+        assert_eq!(leased_ids(&a, t + 2_000).await.0, vec![z]);
+        done(&a, z).await;
+        assert_eq!(leased_ids(&b, t + 2_000).await.0, vec![y]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancel_on_one_replica_stops_the_run_on_the_other() {
+        let Some(e) = postgres(PgOptions::default()).await else {
+            return;
+        };
+        let a = e.store().clone();
+        let b = e.other(PgOptions::default()).await;
+        let (stopper, seen) = collecting();
+        b.set_stopper(stopper);
+        // The listener connects in the background; let it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (key, ids) = accepted(&a, new_event("x", clock::now_ms(), 1)).await;
+        assert_eq!(leased_ids(&b, clock::now_ms()).await.0, ids);
+        let out = a.cancel_event(&key, None, "by hand").await.expect("cancel");
+        assert_eq!(out.stopping, ids);
+        assert!(told(&seen, ids[0]).await, "b was never told to stop");
+        b.finish(ids[0], failed(clock::now_ms()), Next::Dead)
+            .await
+            .expect("finish");
+        let r = rec(&a, ids[0]).await;
+        assert_eq!(r.state, DeliveryState::Cancelled);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renewal_tells_a_replica_of_a_cancel_it_missed() {
+        let Some(e) = postgres(short()).await else {
+            return;
+        };
+        let s = e.store();
+        let (stopper, seen) = collecting();
+        s.set_stopper(stopper);
+        let (_, ids) = accepted(s, new_event("x", clock::now_ms(), 1)).await;
+        assert_eq!(leased_ids(s, clock::now_ms()).await.0, ids);
+        // Marked behind the store's back: no notification, only the row.
+        let (client, conn) = tokio_postgres::connect(url(&e), tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        client
+            .execute(
+                "UPDATE hookrouter_deliveries SET cancel = 'elsewhere' WHERE id = $1",
+                &[&i64::try_from(ids[0]).expect("id")],
+            )
+            .await
+            .expect("mark");
+        assert!(told(&seen, ids[0]).await, "renewal never said stop");
     }
 }

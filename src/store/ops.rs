@@ -34,6 +34,7 @@ use crate::clock;
 use crate::rules::ActionList;
 
 pub(super) use cancel::{cancel_event, cancel_group};
+pub(in crate::store) use lease::REASON_NEWER;
 pub(super) use lease::lease;
 use lease::promote;
 

@@ -165,6 +165,12 @@ pub trait FollowUps: Send + Sync {
     fn on_failure(&self, rule: &str, failure: &FailureContext) -> Vec<NewDelivery>;
     /// The `on_cancel` deliveries of `rule`, each carrying `reason`.
     fn on_cancel(&self, rule: &str, reason: &str) -> Vec<NewDelivery>;
+    /// The action's `concurrency:` now. The redb engine leaves it to the
+    /// dispatcher's lanes (one process); the PostgreSQL one holds it in the
+    /// lease, across replicas.
+    fn concurrency(&self, _action: &ActionRef) -> Option<u32> {
+        None
+    }
 }
 
 /// Stops the runs of deliveries a cancel marked (see

@@ -60,7 +60,7 @@ impl Running {
 }
 
 /// Why a running member of a group with `on_busy: cancel` is stopped.
-pub(super) const REASON_NEWER: &str = "a newer delivery of its group";
+pub(in crate::store) const REASON_NEWER: &str = "a newer delivery of its group";
 
 /// [`Store::lease`](crate::store::Store::lease) inside the writer's transaction.
 ///

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, oneshot};
 
+use super::decide::Decider;
 use super::{DELIVERY_COLS, PgStore, col, db_err, decode_delivery, to_db};
 use crate::store::StoreError;
 use crate::store::ops::KeyGen;
@@ -202,6 +203,7 @@ async fn commit_one(
     let event = Arc::new(ev.event.clone());
     let mut ids = Vec::new();
     let mut leased = Vec::new();
+    let mut dead = Vec::new();
     for d in &ev.deliveries {
         if let Some(k) = &d.dedup_key {
             if rule_keys.get(&(d.rule.as_str(), k.as_str())) == Some(&false) {
@@ -211,6 +213,9 @@ async fn commit_one(
         let lease = req.leased && d.error.is_none();
         let rec = insert(store, txn, key, d, ev.received_ms, ev.received_ms, lease).await?;
         ids.push(rec.0.id);
+        if rec.0.state == DeliveryState::Dead {
+            dead.push(rec.0.clone());
+        }
         if lease {
             leased.push(Tokened {
                 leased: Leased {
@@ -219,6 +224,14 @@ async fn commit_one(
                 },
                 delivery_token: rec.1,
             });
+        }
+    }
+    // Deliveries that could not be planned are dead already; their rule's
+    // on_failure deliveries commit with the event.
+    if !dead.is_empty() {
+        let mut cx = Decider::new(store, txn, ev.received_ms);
+        for rec in &dead {
+            cx.failed_at_birth(rec).await?;
         }
     }
     Ok((
@@ -265,7 +278,11 @@ pub(super) async fn insert(
         success: None,
         list: d.list,
         then: d.then.clone(),
-        group: d.group.clone(),
+        // Text columns cannot hold NUL, and the group's key is one.
+        group: d.group.clone().map(|mut g| {
+            g.key = no_nul(&g.key);
+            g
+        }),
         parent: d.parent,
         result: d.result.clone(),
         cancel: None,

@@ -7,107 +7,57 @@
 //! clocks may disagree; the database's is the one they share), the takeover
 //! of leases that ran out (a replica died or hung), and the finish that
 //! names its token: a replica whose lease was taken over changes nothing.
+//! What a lease or a finish decides about groups, `concurrency:`, expiry
+//! and cancel requests is in `decide`; renewal also tells the runner of a
+//! delivery cancelled elsewhere to stop it.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use super::commit::{insert, no_nul};
-use super::{DELIVERY_COLS, PgStore, col, db_err, decode_delivery, to_db};
+use super::commit::no_nul;
+use super::decide::{Decider, after_commit};
+use super::{PgStore, col, db_err, to_db};
 use crate::store::StoreError;
 use crate::store::types::{
-    Attempt, AttemptOutcome, DeliveryId, DeliveryState, Leased, Leases, MAX_DETAIL_BYTES,
-    NewDelivery, Next,
+    Attempt, AttemptOutcome, DeliveryId, DeliveryState, Leases, MAX_DETAIL_BYTES, NewDelivery, Next,
 };
 
 /// The database's clock in unix ms, as SQL.
-const DB_NOW_MS: &str = "(extract(epoch FROM now()) * 1000)::bigint";
+pub(super) const DB_NOW_MS: &str = "(extract(epoch FROM now()) * 1000)::bigint";
 
 impl PgStore {
     /// Leases up to `limit` deliveries: `Pending` ones due by `now_ms`, then
-    /// `Leased` ones whose lease ran out by the database's clock. The lease
-    /// lasts `--lease-ttl` (not `_lease_ms`: a lease here is a lock between
-    /// replicas, kept alive by renewal, not a safety net for a hung worker).
+    /// `Leased` ones whose lease ran out by the database's clock, each
+    /// decided as the redb engine does (expiry, groups and their `on_busy`,
+    /// the action's `concurrency:`, cancel requests; see `decide`). The
+    /// lease lasts `--lease-ttl` (not `_lease_ms`: a lease here is a lock
+    /// between replicas, kept alive by renewal, not a safety net for a hung
+    /// worker).
     pub async fn lease(
         &self,
         now_ms: u64,
         limit: usize,
         _lease_ms: u64,
     ) -> Result<Leases, StoreError> {
+        let budget = limit;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         if limit == 0 {
             return Ok(Leases::default());
         }
-        let rows = self
+        let (rows, stop) = self
             .run(async {
                 let mut client = self.client().await?;
                 let txn = client.transaction().await.map_err(db_err)?;
-                let claim = format!(
-                    "WITH due AS (
-                         SELECT id FROM hookrouter_deliveries
-                         WHERE state = 'pending' AND due_at_ms <= $1 AND cancel IS NULL
-                         ORDER BY due_at_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED
-                     ), expired AS (
-                         SELECT id FROM hookrouter_deliveries
-                         WHERE state = 'leased' AND lease_until_ms <= {DB_NOW_MS} AND cancel IS NULL
-                         ORDER BY lease_until_ms, id LIMIT $2 FOR UPDATE SKIP LOCKED
-                     ), picked AS (
-                         SELECT id FROM (SELECT id FROM due UNION ALL SELECT id FROM expired) u LIMIT $2
-                     )
-                     UPDATE hookrouter_deliveries d
-                     SET state = 'leased', lease_token = gen_random_uuid()::text,
-                         lease_until_ms = {DB_NOW_MS} + $3
-                     FROM picked WHERE d.id = picked.id
-                     RETURNING {cols}, d.lease_token",
-                    cols = DELIVERY_COLS
-                        .split(", ")
-                        .map(|c| format!("d.{}", c.trim()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-                // A marked run whose replica died never finishes: it ends
-                // cancelled when its lease runs out, and never runs again.
-                txn.execute(
-                    &format!(
-                        "UPDATE hookrouter_deliveries SET state = 'cancelled',
-                           lease_token = NULL, lease_until_ms = NULL
-                         WHERE state = 'leased' AND cancel IS NOT NULL
-                           AND lease_until_ms <= {DB_NOW_MS}"
-                    ),
-                    &[],
-                )
-                .await
-                .map_err(db_err)?;
-                let rows = txn
-                    .query(&claim, &[&to_db(now_ms), &limit, &self.lease_ttl_ms()])
-                    .await
-                    .map_err(db_err)?;
-                let mut out = Vec::with_capacity(rows.len());
-                let mut events: HashMap<String, Arc<crate::event::Event>> = HashMap::new();
-                for row in &rows {
-                    let rec = decode_delivery(row)?;
-                    let token: String = col(row, "lease_token")?;
-                    let event = match events.get(&rec.event_key) {
-                        Some(e) => Arc::clone(e),
-                        None => {
-                            let ev = txn
-                                .query_opt(
-                                    "SELECT row_json FROM hookrouter_events WHERE key = $1",
-                                    &[&rec.event_key],
-                                )
-                                .await
-                                .map_err(db_err)?
-                                .ok_or_else(|| StoreError::UnknownEvent(rec.event_key.clone()))?;
-                            let bytes: Vec<u8> = col(&ev, "row_json")?;
-                            let e = Arc::new(crate::store::schema::decode_event_row(&bytes)?.event);
-                            events.insert(rec.event_key.clone(), Arc::clone(&e));
-                            e
-                        }
-                    };
-                    out.push((Leased { delivery: rec, event }, token));
+                let mut cx = Decider::new(self, &txn, now_ms);
+                for (p, was_leased) in cx.candidates(limit).await? {
+                    if cx.full(budget) {
+                        break;
+                    }
+                    cx.decide(p, was_leased, budget).await?;
                 }
+                let (leased, stop, wake) = cx.into_parts();
                 txn.commit().await.map_err(db_err)?;
-                Ok(out)
+                after_commit(self, &client, wake, &stop).await;
+                Ok((leased, stop))
             })
             .await?;
         let mut held = self.held();
@@ -116,10 +66,7 @@ impl PgStore {
             held.insert(l.delivery.id, token);
             leased.push(l);
         }
-        Ok(Leases {
-            leased,
-            stop: Vec::new(),
-        })
+        Ok(Leases { leased, stop })
     }
 
     /// Records an attempt and moves the delivery on, if this replica still
@@ -160,7 +107,8 @@ impl PgStore {
                 .query_one(
                     &format!(
                         "SELECT LEAST(
-                           (SELECT min(due_at_ms) FROM hookrouter_deliveries WHERE state = 'pending'),
+                           (SELECT min(due_at_ms) FROM hookrouter_deliveries
+                              WHERE state = 'pending' AND waiting IS NULL),
                            (SELECT min(lease_until_ms) FROM hookrouter_deliveries WHERE state = 'leased')
                               - {DB_NOW_MS} + $1
                          ) AS next"
@@ -185,31 +133,15 @@ async fn finish(
 ) -> Result<Vec<DeliveryId>, StoreError> {
     let mut client = store.client().await?;
     let txn = client.transaction().await.map_err(db_err)?;
-    let row = txn
-        .query_opt(
-            &format!(
-                "SELECT {DELIVERY_COLS} FROM hookrouter_deliveries
-                 WHERE id = $1 AND state = 'leased' AND lease_token = $2 FOR UPDATE"
-            ),
-            &[&to_db(id), &token],
-        )
-        .await
-        .map_err(db_err)?;
-    let Some(row) = row else {
-        let exists = txn
-            .query_opt(
-                "SELECT 1 FROM hookrouter_deliveries WHERE id = $1",
-                &[&to_db(id)],
-            )
-            .await
-            .map_err(db_err)?;
-        if exists.is_none() {
-            return Err(StoreError::UnknownDelivery(id));
-        }
+    let mut cx = Decider::new(store, &txn, crate::clock::now_ms());
+    if cx.lock_for_finish(id).await?.is_none() {
+        return Err(StoreError::UnknownDelivery(id));
+    }
+    let Some(p) = cx.held_row(id, token).await? else {
         tracing::debug!(delivery = id, "finish with a stale lease; nothing changed");
         return Ok(Vec::new());
     };
-    let rec = decode_delivery(&row)?;
+    let rec = &p.rec;
     let cancelled = rec.cancel.is_some();
     if next == Next::Skipped {
         txn.execute(
@@ -223,7 +155,10 @@ async fn finish(
         )
         .await
         .map_err(db_err)?;
+        cx.finished(&p).await?;
+        let (_, _, wake) = cx.into_parts();
         txn.commit().await.map_err(db_err)?;
+        after_commit(store, &client, wake, &[]).await;
         return Ok(Vec::new());
     }
     let mut attempt = attempt;
@@ -282,18 +217,20 @@ async fn finish(
     )
     .await
     .map_err(db_err)?;
-    let mut ids = Vec::new();
-    if !cancelled {
-        let now = crate::clock::now_ms();
-        for d in &follow_ups {
-            let (r, _) = insert(store, &txn, &rec.event_key, d, now, now, false).await?;
-            ids.push(r.id);
-        }
-    }
+    // Its slot is free whatever came of the attempt (a retry waits its
+    // turn again). The follow-ups (`then:` children on a success, the
+    // `on_failure` deliveries on a death) commit with the outcome, and a
+    // cancelled run creates none.
+    cx.finished(&p).await?;
+    let ids = if cancelled {
+        Vec::new()
+    } else {
+        cx.create(&rec.event_key, &follow_ups).await?
+    };
+    let (_, _, woke) = cx.into_parts();
+    let wake = woke || matches!(next, Next::RetryAt(_));
     txn.commit().await.map_err(db_err)?;
-    if !ids.is_empty() || matches!(next, Next::RetryAt(_)) {
-        store.wake_all(&client).await;
-    }
+    after_commit(store, &client, wake, &[]).await;
     Ok(ids)
 }
 
@@ -328,21 +265,40 @@ pub(super) async fn renew(weak: std::sync::Weak<super::Inner>) {
             let renewed = store
                 .run(async {
                     let client = store.client().await?;
-                    client
-                        .execute(
+                    // Rows another transaction holds are renewed next time
+                    // (well within the lease), rather than waited for.
+                    let rows = client
+                        .query(
                             &format!(
                                 "UPDATE hookrouter_deliveries d SET lease_until_ms = {DB_NOW_MS} + $3
-                                 FROM unnest($1::bigint[], $2::text[]) AS h(id, token)
-                                 WHERE d.id = h.id AND d.lease_token = h.token AND d.state = 'leased'"
+                                 FROM (SELECT d2.id FROM hookrouter_deliveries d2
+                                       JOIN unnest($1::bigint[], $2::text[]) AS h(id, token)
+                                         ON d2.id = h.id AND d2.lease_token = h.token
+                                       WHERE d2.state = 'leased'
+                                       ORDER BY d2.id FOR UPDATE OF d2 SKIP LOCKED) AS mine
+                                 WHERE d.id = mine.id
+                                 RETURNING d.id, d.cancel IS NOT NULL AS cancelled"
                             ),
                             &[&ids, &tokens, &store.lease_ttl_ms()],
                         )
                         .await
-                        .map_err(db_err)
+                        .map_err(db_err)?;
+                    let mut cancelled = Vec::new();
+                    for r in &rows {
+                        if col::<bool>(r, "cancelled")? {
+                            cancelled.push(super::from_db(col(r, "id")?));
+                        }
+                    }
+                    Ok(cancelled)
                 })
                 .await;
-            if let Err(e) = renewed {
-                tracing::warn!(error = %e, "Cannot renew leases; they may be taken over.");
+            match renewed {
+                // A cancel decided on another replica, whose word did not
+                // reach this one (or not before the run started): stop now.
+                Ok(cancelled) => store.stop_local(&cancelled),
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot renew leases; they may be taken over.");
+                }
             }
         }
         drop(store);

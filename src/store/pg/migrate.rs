@@ -15,6 +15,11 @@ use crate::store::StoreError;
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "init", include_str!("migrations/0001_init.sql")),
     (2, "respond", include_str!("migrations/0002_respond.sql")),
+    (
+        3,
+        "agent_controls",
+        include_str!("migrations/0003_agent_controls.sql"),
+    ),
 ];
 
 /// The advisory lock key that serialises migrations ("hookrout" in ASCII).

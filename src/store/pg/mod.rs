@@ -2,7 +2,8 @@
 //!
 //! Owns the `PgStore` handle: its pool, its committer task (`commit`), the
 //! leases this process holds (`lease`, which also renews them while they
-//! run), the reads, replay, cancel and prune (`read`), the schema
+//! run), the reads, replay, cancel and prune (`read`), the agent controls'
+//! decisions (groups, `concurrency:`, expiry, cancels: `decide`), the schema
 //! (`migrate`) and the connection (`connect`). It speaks the same contract,
 //! in the same types, as the redb engine; `super::Store` chooses between
 //! them.
@@ -13,6 +14,7 @@
 
 mod commit;
 mod connect;
+mod decide;
 mod lease;
 pub(crate) mod migrate;
 mod read;
@@ -35,6 +37,11 @@ use super::writer::Shared;
 
 /// The channel replicas wake each other on after a commit that made work due.
 const CHANNEL: &str = "hookrouter_due";
+
+/// The channel that names running deliveries a cancel marked (ids,
+/// comma-separated), so the replica running one stops it at once. Lease
+/// renewal says the same later, for a replica that missed the word.
+const CANCEL_CHANNEL: &str = "hookrouter_cancel";
 
 /// What `--store postgres://…` is opened with.
 #[derive(Debug, Clone)]
@@ -218,9 +225,47 @@ impl PgStore {
     }
 }
 
-/// Listens for other replicas' wake-ups on a connection of its own (a
-/// pooled one would be recycled). Without it, or while it is down, the
-/// dispatcher still polls at least once a second.
+impl PgStore {
+    /// Tells every replica (this one too, through its listener) to stop the
+    /// runs of `ids`; sent after the commit that marked them.
+    async fn tell_stop(&self, client: &Object, ids: &[DeliveryId]) {
+        // A payload must stay under 8000 bytes.
+        for chunk in ids.chunks(256) {
+            let payload = chunk
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let _ = timed(self.inner.opts.timeout, async {
+                client
+                    .execute("SELECT pg_notify($1, $2)", &[&CANCEL_CHANNEL, &payload])
+                    .await
+                    .map_err(db_err)
+            })
+            .await;
+        }
+    }
+
+    /// Stops the runs of `ids` this replica holds (the dispatcher's stopper
+    /// ignores the others).
+    fn stop_local(&self, ids: &[DeliveryId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let stopper = match self.inner.shared.stopper.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if let Some(stop) = stopper {
+            stop(ids);
+        }
+    }
+}
+
+/// Listens for other replicas' wake-ups, and for the runs a cancel on any
+/// replica marked, on a connection of its own (a pooled one would be
+/// recycled). Without it, or while it is down, the dispatcher still polls at
+/// least once a second and lease renewal reports cancelled runs.
 async fn listen(url: String, weak: std::sync::Weak<Inner>) {
     use futures_like::poll_messages;
     loop {
@@ -241,13 +286,17 @@ async fn listen(url: String, weak: std::sync::Weak<Inner>) {
             })
             .await?;
             let weak = weak.clone();
-            let pump = tokio::spawn(poll_messages(connection, move || {
+            let pump = tokio::spawn(poll_messages(connection, move |channel, payload| {
                 if let Some(s) = PgStore::from_weak(&weak) {
-                    s.inner.shared.notify.notify_one();
+                    if channel == CANCEL_CHANNEL {
+                        s.stop_local(&decide::parse_ids(payload));
+                    } else {
+                        s.inner.shared.notify.notify_one();
+                    }
                 }
             }));
             client
-                .batch_execute(&format!("LISTEN {CHANNEL}"))
+                .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {CANCEL_CHANNEL}"))
                 .await
                 .map_err(db_err)?;
             let _ = pump.await;
@@ -276,14 +325,14 @@ mod futures_like {
 
     pub(super) async fn poll_messages<S, T>(
         mut connection: tokio_postgres::Connection<S, T>,
-        on_notify: impl Fn(),
+        on_notify: impl Fn(&str, &str),
     ) where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
         T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         loop {
             match poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(_))) => on_notify(),
+                Some(Ok(AsyncMessage::Notification(n))) => on_notify(n.channel(), n.payload()),
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             }
@@ -333,7 +382,7 @@ fn from_db(v: i64) -> u64 {
 
 /// The delivery columns every query that decodes a record selects.
 const DELIVERY_COLS: &str = "id, event_key, state, attempts, due_at_ms, created_ms, \
-     lease_until_ms, last_error, success, cancel, record";
+     lease_until_ms, last_error, success, cancel, waited, record";
 
 /// A delivery row as a record: the document written at creation, with the
 /// columns that change since laid over it.
@@ -356,6 +405,7 @@ fn decode_delivery(row: &Row) -> Result<DeliveryRecord, StoreError> {
         None => None,
     };
     rec.cancel = col(row, "cancel")?;
+    rec.waited = col(row, "waited")?;
     Ok(rec)
 }
 

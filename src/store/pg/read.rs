@@ -6,7 +6,7 @@
 //! group's unfinished deliveries, and pruning finished events whose dedup
 //! window closed, in bounded transactions.
 
-use super::commit::insert;
+use super::decide::{Decider, after_commit};
 use super::{DELIVERY_COLS, PgStore, col, db_err, decode_delivery, from_db, to_db};
 use crate::store::StoreError;
 use crate::store::types::{
@@ -207,18 +207,18 @@ impl PgStore {
                 if exists.is_none() {
                     return Err(StoreError::UnknownEvent(event_key.to_owned()));
                 }
-                let now = crate::clock::now_ms();
-                let mut ids = Vec::with_capacity(deliveries.len());
-                for d in &deliveries {
-                    let mut d = d.clone();
-                    d.dedup_key = None;
-                    let (r, _) = insert(self, &txn, event_key, &d, now, now, false).await?;
-                    ids.push(r.id);
-                }
+                let fresh: Vec<NewDelivery> = deliveries
+                    .iter()
+                    .map(|d| NewDelivery {
+                        dedup_key: None,
+                        ..d.clone()
+                    })
+                    .collect();
+                let mut cx = Decider::new(self, &txn, crate::clock::now_ms());
+                let ids = cx.create(event_key, &fresh).await?;
+                let (_, _, wake) = cx.into_parts();
                 txn.commit().await.map_err(db_err)?;
-                if !ids.is_empty() {
-                    self.wake_all(&client).await;
-                }
+                after_commit(self, &client, wake, &[]).await;
                 Ok(ids)
             })
             .await?;
@@ -227,7 +227,9 @@ impl PgStore {
 
     /// Cancels the unfinished deliveries of an event (of `rule` only, when
     /// given): waiting ones end `cancelled`; running ones are marked, named
-    /// to be stopped, and end `cancelled` when their attempt is recorded.
+    /// to be stopped (on whichever replica runs them), and end `cancelled`
+    /// when their attempt is recorded. Each rule affected runs its
+    /// `on_cancel` once for the event.
     pub async fn cancel_event(
         &self,
         event_key: &str,
@@ -247,14 +249,17 @@ impl PgStore {
             if exists.is_none() {
                 return Err(StoreError::UnknownEvent(event_key.to_owned()));
             }
-            let out = cancel_where(
-                &txn,
-                "event_key = $1 AND ($2::text IS NULL OR record->>'rule' = $2)",
-                &[&event_key, &rule],
-                reason,
-            )
-            .await?;
+            let mut cx = Decider::new(self, &txn, crate::clock::now_ms());
+            let out = cx
+                .cancel(
+                    "event_key = $1 AND ($2::text IS NULL OR rule = $2)",
+                    &[&event_key, &rule],
+                    reason,
+                )
+                .await?;
+            let (_, stop, wake) = cx.into_parts();
             txn.commit().await.map_err(db_err)?;
+            after_commit(self, &client, wake, &stop).await;
             Ok(out)
         })
         .await
@@ -270,14 +275,14 @@ impl PgStore {
         self.run(async {
             let mut client = self.client().await?;
             let txn = client.transaction().await.map_err(db_err)?;
-            let out = cancel_where(
-                &txn,
-                "record->>'rule' = $1 AND record->'group'->>'key' = $2",
-                &[&rule, &key],
-                reason,
-            )
-            .await?;
+            let key = super::commit::no_nul(key);
+            let mut cx = Decider::new(self, &txn, crate::clock::now_ms());
+            let out = cx
+                .cancel("rule = $1 AND group_key = $2", &[&rule, &key], reason)
+                .await?;
+            let (_, stop, wake) = cx.into_parts();
             txn.commit().await.map_err(db_err)?;
+            after_commit(self, &client, wake, &stop).await;
             Ok(out)
         })
         .await
@@ -360,50 +365,6 @@ impl PgStore {
             }
         }
     }
-}
-
-async fn cancel_where(
-    txn: &deadpool_postgres::Transaction<'_>,
-    filter: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    reason: &str,
-) -> Result<CancelOutcome, StoreError> {
-    let rows = txn
-        .query(
-            &format!(
-                "SELECT id, state FROM hookrouter_deliveries
-                 WHERE {filter} AND state IN ('pending', 'leased') AND cancel IS NULL
-                   AND record->>'list' IS DISTINCT FROM 'on_cancel'
-                 ORDER BY id FOR UPDATE"
-            ),
-            params,
-        )
-        .await
-        .map_err(db_err)?;
-    let reason = super::commit::no_nul(reason);
-    let mut out = CancelOutcome::default();
-    for r in &rows {
-        let id: i64 = col(r, "id")?;
-        let state: String = col(r, "state")?;
-        if state == "leased" {
-            txn.execute(
-                "UPDATE hookrouter_deliveries SET cancel = $2 WHERE id = $1",
-                &[&id, &reason],
-            )
-            .await
-            .map_err(db_err)?;
-            out.stopping.push(from_db(id));
-        } else {
-            txn.execute(
-                "UPDATE hookrouter_deliveries SET cancel = $2, state = 'cancelled' WHERE id = $1",
-                &[&id, &reason],
-            )
-            .await
-            .map_err(db_err)?;
-        }
-        out.cancelled += 1;
-    }
-    Ok(out)
 }
 
 fn decode_attempt(row: &tokio_postgres::Row) -> Result<Attempt, StoreError> {
