@@ -51,6 +51,7 @@
         if (r.getAttribute('data-key') === key) { old = r; }
       });
       tr.classList.add('new');
+      Array.prototype.forEach.call(rows.querySelectorAll('tr.empty-row'), function (r) { r.remove(); });
       if (old) {
         rows.replaceChild(tr, old);
       } else {
