@@ -23,6 +23,7 @@
 //! | `respond:`: the sender's answer, duplicates, render errors, 503, `check`'s warning | `respond.rs` |
 //! | the admin listener: probes, metrics, the token | `admin.rs` |
 //! | the admin listener answers only its own names; cross-site writes refused | `admin_guard.rs` |
+//! | the console under `/ui/`: headers, login cookie, CSRF, escaping, replay, live streams | `console.rs` |
 //! | logs: secrets kept out, JSON lines carrying the event id | `logging.rs` |
 //! | log fields and the events API print plain values, never Rust debug text | `log_fields.rs` |
 //! | retention: pruning, and the dedup window it keeps | `retention.rs` |
@@ -41,6 +42,7 @@ mod agent;
 mod agent_groups;
 mod check;
 mod cli_help;
+mod console;
 mod crash;
 mod dedup;
 mod dryrun;
