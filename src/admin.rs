@@ -7,14 +7,15 @@
 //! need `Authorization: Bearer <token>` when `--admin-token` is set. The
 //! API reads through the store's narrow contract, replays and lists
 //! deliveries through `ops` (as the command line does), and never shows a
-//! secret: configured secrets are redacted from every answer.
+//! secret: configured secrets are redacted from every answer. Paths under
+//! `/ui` go to the `console` after the same guard.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serde_json::json;
@@ -23,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin_guard::Guard;
+use crate::console::{self, Console};
 use crate::http_util::{self, Conns, Resp, error};
 use crate::metrics::Metrics;
 use crate::ops::{self, DeliveryFilter, ReplayError};
@@ -39,6 +41,8 @@ pub struct Admin {
     pub reload: Arc<ReloadStatus>,
     /// Which requests are answered at all.
     pub guard: Guard,
+    /// The web console under `/ui/`; `None` with `--no-console`.
+    pub console: Option<Arc<Console>>,
 }
 
 /// Serve the admin routes until `shutdown`.
@@ -55,7 +59,16 @@ pub async fn run(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellatio
         let admin = admin.clone();
         move |req| {
             let admin = admin.clone();
-            async move { handle(req, &admin, local).await }
+            async move {
+                match &admin.console {
+                    // Its pages answer in HTML, behind the same guard.
+                    Some(console) if console::owns(req.uri().path()) => {
+                        let verdict = admin.guard.check(&req, local);
+                        console.handle(req, verdict).await
+                    }
+                    _ => handle(req, &admin, local).await.map(BodyExt::boxed),
+                }
+            }
         }
     })
     .await;

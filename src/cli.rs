@@ -290,6 +290,9 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub admin_hosts: Vec<Authority>,
+    /// Turn off the web console the admin listener serves under /ui/.
+    #[arg(long, env = "HOOKROUTER_NO_CONSOLE")]
+    pub no_console: bool,
     /// Log format.
     #[arg(
         long,
@@ -412,6 +415,7 @@ impl ServeArgs {
             admin: self.admin,
             admin_token: self.admin_token,
             admin_hosts: self.admin_hosts,
+            console: !self.no_console,
             log_format: self.log_format,
             log_level: self.log_level,
             grace: self.grace,

@@ -247,9 +247,25 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
             });
         }
     };
+    let rules = rule_reports(set, &event);
+    Ok(Report {
+        admitted: Admitted::Event(std::sync::Arc::unwrap_or_clone(event)),
+        signature,
+        rules,
+    })
+}
+
+/// For every rule, whether a stored event matches it under `set` and, if
+/// not, why not: the console's event page shows this beside what ran.
+pub fn explain_event(set: &RuleSet, event: &Event) -> Vec<RuleReport> {
+    rule_reports(set, &std::sync::Arc::new(event.clone()))
+}
+
+/// Each rule's verdict on `event`, with its actions rendered when it matches.
+fn rule_reports(set: &RuleSet, event: &std::sync::Arc<Event>) -> Vec<RuleReport> {
+    let event = event.clone();
     let when_ctx = |rule: &Rule| render::context(&event, &rule.name, None);
-    let rules = set
-        .explain(&event, when_ctx)
+    set.explain(&event, when_ctx)
         .into_iter()
         .map(|(rule, verdict)| {
             let ctx = render::context(&event, &rule.name, None);
@@ -275,12 +291,7 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
                 actions,
             }
         })
-        .collect();
-    Ok(Report {
-        admitted: Admitted::Event(std::sync::Arc::unwrap_or_clone(event)),
-        signature,
-        rules,
-    })
+        .collect()
 }
 
 /// Whether a rule's source, event type and `match:` hold, so that its

@@ -29,6 +29,15 @@ use tokio_util::task::TaskTracker;
 /// Every answer is a whole body in memory.
 pub type Resp = Response<Full<Bytes>>;
 
+/// What an answer's body may be: a whole [`Resp`] body, or one that is
+/// written as it goes (the console's server-sent events).
+pub trait AnswerBody: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static {}
+
+impl<B> AnswerBody for B where
+    B: hyper::body::Body<Data = Bytes, Error = Infallible> + Send + 'static
+{
+}
+
 /// A JSON answer.
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Resp {
     json_text(status, body.to_string())
@@ -74,7 +83,7 @@ pub struct Conns {
 /// Accept connections until `shutdown` fires, answering each request with
 /// the handler `connect` makes for its connection; then let open
 /// connections finish their current request.
-pub async fn serve<C, H, F>(
+pub async fn serve<C, H, F, B>(
     listener: TcpListener,
     conns: Conns,
     shutdown: CancellationToken,
@@ -82,7 +91,8 @@ pub async fn serve<C, H, F>(
 ) where
     C: Fn(&TcpStream) -> H,
     H: Fn(Request<Incoming>) -> F + Send + 'static,
-    F: Future<Output = Resp> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: AnswerBody,
 {
     let permits = conns.max_connections.map(|n| Arc::new(Semaphore::new(n)));
     let tracker = TaskTracker::new();
@@ -128,7 +138,7 @@ pub async fn serve<C, H, F>(
     tracker.wait().await;
 }
 
-async fn serve_connection<H, F>(
+async fn serve_connection<H, F, B>(
     stream: TcpStream,
     peer: SocketAddr,
     conns: &Conns,
@@ -136,7 +146,8 @@ async fn serve_connection<H, F>(
     shutdown: CancellationToken,
 ) where
     H: Fn(Request<Incoming>) -> F + Send + 'static,
-    F: Future<Output = Resp> + Send + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: AnswerBody,
 {
     let service = service_fn(move |req| {
         let answer = handler(req);

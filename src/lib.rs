@@ -21,22 +21,23 @@
 //! http, shell, log).
 //!
 //! Beside it: [`admin`] (health, metrics and the events API, behind
-//! [`admin_guard`]) shares [`http_util`] (accept loop, JSON replies) with
-//! `server`; [`ops`] holds the operations on stored deliveries (replay,
-//! listing) that `admin` and `cmd::inspect` both run; [`dryrun`] takes a
-//! request through the same admission and routing without running anything,
-//! for `cmd::test` and `cmd::check`; [`supervisor`] ends `cmd::serve` when
-//! one of its long-running parts stops on its own. Leaves: [`event`],
-//! [`body`], [`clock`], [`entropy`], [`metrics`], [`telemetry`]. `fault`
-//! injects failures in debug builds, for tests; `fuzzing` holds the fuzz
-//! harnesses.
+//! [`admin_guard`]; the web pages of [`console`] under `/ui/`) shares
+//! [`http_util`] (accept loop, JSON replies) with `server`; [`ops`] holds
+//! the operations on stored deliveries (replay, listing) that `admin`,
+//! `console` and `cmd::inspect` run; [`dryrun`] takes a request through the
+//! same admission and routing without running anything, for `cmd::test`,
+//! `cmd::check` and the console's event page; [`supervisor`] ends
+//! `cmd::serve` when one of its long-running parts stops on its own. Leaves:
+//! [`event`], [`body`], [`clock`], [`entropy`], [`metrics`], [`telemetry`].
+//! `fault` injects failures in debug builds, for tests; `fuzzing` holds the
+//! fuzz harnesses.
 //!
 //! # Dependencies
 //! Imports go one way: no module imports one that imports it back
 //! (`python3 scripts/module-cycles.py` checks). From the bottom up: the
 //! leaves and `http_util`; `event`; `providers` and `store`; `rules` and
 //! `metrics`; `actions` and `config`; `dispatch`, `dryrun` and `reload`;
-//! `ingest`; `ops` and `server`; `admin`; `cmd`; `cli`.
+//! `ingest`; `ops` and `server`; `console`; `admin`; `cmd`; `cli`.
 //!
 //! One edge runs ahead of the data on purpose: `ingest` hands the
 //! deliveries it committed already leased to `dispatch` as a
@@ -65,6 +66,7 @@ pub mod clock;
 pub mod cmd;
 pub mod condition;
 pub mod config;
+pub mod console;
 pub mod dispatch;
 pub mod dryrun;
 pub mod entropy;

@@ -81,6 +81,8 @@ pub struct Ingress {
     pub dispatcher: Arc<Dispatcher>,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Told the key of every event committed, for the console's live rows.
+    pub committed: tokio::sync::broadcast::Sender<String>,
 }
 
 /// Accept connections until `shutdown` fires, then let open connections
@@ -317,6 +319,8 @@ async fn ingest_event(
             if let Some(run) = run {
                 run.start();
             }
+            // No console watching is no error.
+            let _ = ingress.committed.send(key.clone());
             for rule in &matched {
                 ingress.metrics.record_match(rule);
             }

@@ -22,6 +22,7 @@ use crate::admin::{self, Admin};
 use crate::admin_guard::{Authority, Guard};
 use crate::clock;
 use crate::config;
+use crate::console::{self, Console};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::reload::{ReloadStatus, Reloader};
@@ -43,6 +44,8 @@ pub struct Config {
     pub admin: Option<String>,
     pub admin_token: Option<String>,
     pub admin_hosts: Vec<Authority>,
+    /// Serve the console under `/ui/` on the admin listener.
+    pub console: bool,
     pub log_format: LogFormat,
     pub log_level: String,
     pub grace: Duration,
@@ -211,6 +214,27 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
         );
     }
 
+    // Ingest says here which events it committed; the console's live rows
+    // listen.
+    let (committed, _) = tokio::sync::broadcast::channel(1024);
+    let console = match (&admin_listener, args.console) {
+        (Some(_), true) => match Console::new(console::Parts {
+            rules: rules.clone(),
+            store: store.clone(),
+            reload: reload_status.clone(),
+            store_name: args.store.describe(),
+            token: admin_token.clone(),
+            committed: committed.clone(),
+            shutdown: shutdown.clone(),
+        }) {
+            Ok(c) => Some(Arc::new(c)),
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot start the console.");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
     let admin_task = admin_listener.map(|(l, bound)| {
         let admin = Arc::new(Admin {
             rules: rules.clone(),
@@ -219,6 +243,7 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             metrics: metrics.clone(),
             reload: reload_status.clone(),
             guard: Guard::new(bound, args.admin_hosts.clone()),
+            console,
         });
         supervisor.watch(
             "admin listener",
@@ -268,6 +293,7 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             ..Limits::default()
         },
         metrics: metrics.clone(),
+        committed,
     });
     let ingress_task = supervisor.watch(
         "webhook listener",

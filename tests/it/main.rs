@@ -22,6 +22,7 @@
 //! | hot reload: watcher, SIGHUP, failed reloads | `reload.rs` |
 //! | the admin listener: probes, metrics, the token | `admin.rs` |
 //! | the admin listener answers only its own names; cross-site writes refused | `admin_guard.rs` |
+//! | the console under `/ui/`: headers, login cookie, CSRF, escaping, replay, live streams | `console.rs` |
 //! | logs: secrets kept out, JSON lines carrying the event id | `logging.rs` |
 //! | log fields and the events API print plain values, never Rust debug text | `log_fields.rs` |
 //! | retention: pruning, and the dedup window it keeps | `retention.rs` |
@@ -42,6 +43,7 @@ mod agent_groups;
 mod browser;
 mod check;
 mod cli_help;
+mod console;
 mod crash;
 mod dedup;
 mod dryrun;
