@@ -418,14 +418,14 @@ fn browser_failing_delivery_shows_attempts_then_dead_letter() {
     let Some(browser) = Browser::start() else {
         return;
     };
-    // Two seconds between tries: long enough to see the next retry on the
-    // page before it happens.
-    let c = Console::start(3, "2s", &[]);
+    // Five seconds (±20%) between tries: time enough to load the event page
+    // between two of them and see the next retry still ahead.
+    let c = Console::start(3, "5s", &[]);
     c.receiver
         .script((0..3).map(|_| Answer::status(500).body("upstream broke: E42")));
-    let key = c.send("push", &json!({ "ref": "refs/heads/main" }));
     let s = browser.session();
     login(&s, &c);
+    let key = c.send("push", &json!({ "ref": "refs/heads/main" }));
     let page = c.ui(&format!("/ui/events/{key}"));
 
     // After the first try: one attempt, its status and excerpt, and when
@@ -438,14 +438,18 @@ fn browser_failing_delivery_shows_attempts_then_dead_letter() {
         !seen.is_empty()
     });
     assert!(ok, "no attempt on the event page: {}", s.page_text());
-    if c.receiver.count() == 1 {
-        assert_eq!(seen.len(), 1, "{seen:?}");
-        let a = &seen[0];
-        assert!(a.status.contains("500"), "{a:?}");
-        assert!(a.excerpt.contains("upstream broke: E42"), "{a:?}");
-        assert!(names_a_time(&a.next_retry), "{a:?}");
-        assert!(!s.texts("span.state").iter().any(|t| t == "dead"));
-    }
+    assert_eq!(
+        c.receiver.count(),
+        1,
+        "the second try came before the page showed the first"
+    );
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let a = &seen[0];
+    assert!(a.status.contains("500"), "{a:?}");
+    assert!(a.excerpt.contains("upstream broke: E42"), "{a:?}");
+    assert!(names_a_time(&a.next_retry), "{a:?}");
+    let states = s.texts("section.rule[data-rule=\"notify\"] span.state");
+    assert!(!states.iter().any(|t| t == "dead"), "{states:?}");
 
     // After the third: dead, three attempts with statuses and excerpts.
     c.settled(&key, 1);
