@@ -465,19 +465,20 @@ impl Session<'_> {
     /// injected through WebDriver, since the console's CSP forbids a
     /// script the console does not serve itself.
     pub fn axe(&self) -> Vec<String> {
-        if self.execute("return typeof window.axe;", vec![]) != json!("object") {
-            self.execute(AXE, vec![]);
-        }
-        let script = r"
-const done = arguments[arguments.length - 1];
-axe.run(document, { runOnly: { type: 'tag', values: arguments[0] } })
+        // axe and the run that uses it go in one script, so a document
+        // that changes between two calls cannot lose it.
+        let script = format!(
+            r"{AXE}
+;const done = arguments[arguments.length - 1];
+window.axe.run(document, {{ runOnly: {{ type: 'tag', values: arguments[0] }} }})
   .then(r => done(r.violations.map(v => v.id + ' (' + v.impact + '): ' + v.help + ' — ' +
      v.nodes.map(n => n.html).join(' | '))))
   .catch(e => done(['axe failed: ' + e]));
-";
+"
+        );
         let v = self.block(
             "axe",
-            self.client().execute_async(script, vec![json!(AXE_TAGS)]),
+            self.client().execute_async(&script, vec![json!(AXE_TAGS)]),
         );
         v.as_array()
             .map(|l| {
