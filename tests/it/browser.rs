@@ -360,8 +360,10 @@ fn browser_live_row_arrives_without_reload() {
     s.execute("window.__sameDocument = true;", vec![]);
     let rows_before = s.count("#event-rows tr.event-row");
     let live_before = s.text("#live");
-    // Give the page's stream a moment to connect before the event.
-    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        s.wait_stream_open(WAIT),
+        "the page's live stream did not open"
+    );
 
     let id = unique("live");
     let body = json!({ "ref": "refs/heads/main", "note": id }).to_string();
@@ -593,6 +595,10 @@ fn browser_hostile_payload_is_shown_as_text_everywhere() {
     assert_inert(&s, "the empty events page", &[]);
 
     // The live row, as it arrives.
+    assert!(
+        s.wait_stream_open(WAIT),
+        "the page's live stream did not open"
+    );
     let body = json!({ "ref": "refs/heads/main", "a": SCRIPT, "b": IMG, "c": SVG });
     let key = c.send(&hostile, &body);
     assert!(
@@ -871,8 +877,10 @@ fn browser_shutdown_with_live_page_open_exits_within_grace() {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).expect("stream answer");
     assert_eq!(&head, b"HTTP/1.1 200", "{}", String::from_utf8_lossy(&head));
-    // The page's stream is open by now too.
-    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        s.wait_stream_open(WAIT),
+        "the page's live stream did not open"
+    );
 
     let start = Instant::now();
     let status = c.server.terminate().expect("hookrouter exited");

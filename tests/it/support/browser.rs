@@ -39,14 +39,28 @@ const AXE_TAGS: [&str; 4] = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"];
 
 /// Runs first in every document, before the page's own code, and is not
 /// subject to the page's CSP (it comes through DevTools). Registering the
-/// listener this early catches violations raised while the page parses,
-/// which a listener added after load would miss.
-const CSP_LISTENER: &str = r"
+/// CSP listener this early catches violations raised while the page
+/// parses, which a listener added after load would miss. It also keeps
+/// each `EventSource` the page opens, so a test can wait until the page's
+/// live stream is connected instead of sleeping.
+const OBSERVER: &str = r"
 window.__csp = [];
 document.addEventListener('securitypolicyviolation', function (e) {
   window.__csp.push(e.effectiveDirective + ' blocked ' + (e.blockedURI || '(inline)') +
     ' at ' + (e.sourceFile || document.URL) + ':' + e.lineNumber);
 }, true);
+if (window.EventSource) {
+  const Original = window.EventSource;
+  window.__streams = [];
+  const Observed = function (url, options) {
+    const source = new Original(url, options);
+    window.__streams.push(source);
+    return source;
+  };
+  Observed.prototype = Original.prototype;
+  Object.assign(Observed, { CONNECTING: 0, OPEN: 1, CLOSED: 2 });
+  window.EventSource = Observed;
+}
 ";
 
 static ONE_BROWSER: Mutex<()> = Mutex::new(());
@@ -186,7 +200,7 @@ impl Browser {
         if js {
             session.cdp(
                 "Page.addScriptToEvaluateOnNewDocument",
-                json!({ "source": CSP_LISTENER }),
+                json!({ "source": OBSERVER }),
             );
         }
         session
@@ -316,6 +330,15 @@ impl Session<'_> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Wait until the page has a live `EventSource` connected (its
+    /// response head arrived); false if none is within `timeout`.
+    pub fn wait_stream_open(&self, timeout: Duration) -> bool {
+        self.wait_js(
+            timeout,
+            "return (window.__streams || []).some(s => s.readyState === 1);",
+        )
     }
 
     /// The HTTP status the current document was served with (Navigation
