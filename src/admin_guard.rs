@@ -230,28 +230,36 @@ fn target<B>(req: &Request<B>) -> Result<Option<Authority>, Refusal> {
 
 /// Whether a state-changing request carries a browser's marks of another
 /// site: `Sec-Fetch-Site` other than `same-origin` or `none`, or an
-/// `Origin` (including `null`) whose host and port differ from `target`.
+/// `Origin` whose host and port differ from `target`. `Origin: null` counts
+/// as foreign unless `Sec-Fetch-Site` says `same-origin`: a browser sends
+/// `null` for a form posted from a page served with `Referrer-Policy:
+/// no-referrer` (the console's pages are), and marks that same post
+/// `same-origin`, a header no page can set; an opaque origin (a sandboxed
+/// frame, a `data:` page) is never marked `same-origin`.
 fn cross_site<B>(req: &Request<B>, target: Option<&Authority>) -> bool {
     if matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return false;
     }
-    let foreign_fetch = req
-        .headers()
-        .get_all("sec-fetch-site")
-        .iter()
-        .any(|v| match v.to_str() {
-            Ok(s) => {
-                let s = s.trim();
-                !(s.eq_ignore_ascii_case("same-origin") || s.eq_ignore_ascii_case("none"))
-            }
-            Err(_) => true,
+    let fetch_sites: Vec<_> = req.headers().get_all("sec-fetch-site").iter().collect();
+    let foreign_fetch = fetch_sites.iter().any(|v| match v.to_str() {
+        Ok(s) => {
+            let s = s.trim();
+            !(s.eq_ignore_ascii_case("same-origin") || s.eq_ignore_ascii_case("none"))
+        }
+        Err(_) => true,
+    });
+    let same_origin_fetch = !fetch_sites.is_empty()
+        && fetch_sites.iter().all(|v| {
+            v.to_str()
+                .is_ok_and(|s| s.trim().eq_ignore_ascii_case("same-origin"))
         });
     foreign_fetch
-        || req
-            .headers()
-            .get_all(header::ORIGIN)
-            .iter()
-            .any(|v| !v.to_str().is_ok_and(|o| same_origin(o.trim(), target)))
+        || req.headers().get_all(header::ORIGIN).iter().any(|v| {
+            !v.to_str().is_ok_and(|o| {
+                let o = o.trim();
+                same_origin(o, target) || (o == "null" && same_origin_fetch)
+            })
+        })
 }
 
 fn same_origin(origin: &str, target: Option<&Authority>) -> bool {
@@ -437,6 +445,8 @@ mod tests {
                 ("Sec-Fetch-Site", "same-origin"),
                 ("Origin", "http://evil.example"),
             ],
+            vec![("Sec-Fetch-Site", "none"), ("Origin", "null")],
+            vec![("Sec-Fetch-Site", "cross-site"), ("Origin", "null")],
         ] {
             assert_eq!(post(&refused), Err(Refusal::CrossSite), "{refused:?}");
         }
@@ -451,6 +461,8 @@ mod tests {
                 ("Sec-Fetch-Site", "same-origin"),
                 ("Origin", "http://localhost:9101"),
             ],
+            // A form posted from a page served with `no-referrer`.
+            vec![("Sec-Fetch-Site", "same-origin"), ("Origin", "null")],
         ] {
             assert_eq!(post(&allowed), Ok(()), "{allowed:?}");
         }

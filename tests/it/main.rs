@@ -31,6 +31,7 @@
 //! | `kill -9` right after a 202 and mid-burst | `crash.rs` |
 //! | `kill -9` during a stream of events, a few times over | `soak.rs` |
 //! | the PostgreSQL store: one server, two replicas, `migrate` | `postgres.rs` |
+//! | the console in headless Chromium: login, live rows, replay, hostile data, CSP, CSRF, axe | `browser.rs` |
 //!
 //! Helpers shared by these files (starting the server, signed requests,
 //! the receiver that stands in for services) are in `support/`.
@@ -40,6 +41,7 @@ mod admin;
 mod admin_guard;
 mod agent;
 mod agent_groups;
+mod browser;
 mod check;
 mod cli_help;
 mod console;

@@ -8,6 +8,7 @@
 //!
 //! | module | what it holds |
 //! |---|---|
+//! | `browser` | `Browser`: headless Chromium through chromedriver, one at a time; CSP, console log, axe-core |
 //! | `server` | `Server`: `hookrouter serve` on `127.0.0.1:0`, its log, signals, the admin listener |
 //! | `client` | `request`/`get` and the `Resp` they return, header lists |
 //! | `github` | signed requests: any provider's headers, the GitHub push most tests send |
@@ -16,12 +17,14 @@
 
 #![allow(dead_code)]
 
+mod browser;
 mod client;
 mod fixtures;
 mod github;
 mod receiver;
 mod server;
 
+pub use browser::*;
 pub use client::*;
 pub use fixtures::*;
 pub use github::*;

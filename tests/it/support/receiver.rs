@@ -36,13 +36,14 @@ impl Recorded {
 }
 
 /// A scripted answer: status, extra headers, a delay before answering, and
-/// whether the body echoes the request's head.
+/// its body: `ok`, a given text, or the request's head echoed.
 #[derive(Debug, Clone)]
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub delay: Duration,
     pub echo: bool,
+    pub body: Option<String>,
 }
 
 impl Answer {
@@ -52,6 +53,7 @@ impl Answer {
             headers: Vec::new(),
             delay: Duration::ZERO,
             echo: false,
+            body: None,
         }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
@@ -60,6 +62,11 @@ impl Answer {
     }
     pub fn delay(mut self, d: Duration) -> Self {
         self.delay = d;
+        self
+    }
+    /// Answer with `text` as the body.
+    pub fn body(mut self, text: &str) -> Self {
+        self.body = Some(text.to_owned());
         self
     }
     /// Answer with the request line and headers as the body.
@@ -221,7 +228,7 @@ async fn answer(
     let text = if plan.echo {
         format!("refused; you sent:\n{}", recorded.head())
     } else {
-        "ok".to_owned()
+        plan.body.clone().unwrap_or_else(|| "ok".to_owned())
     };
     requests.lock().unwrap().push(recorded);
     tokio::time::sleep(plan.delay).await;
