@@ -252,7 +252,15 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
         .explain(&event, when_ctx)
         .into_iter()
         .map(|(rule, verdict)| {
-            let ctx = render::context(&event, &rule.name, None);
+            let mut ctx = render::context(&event, &rule.name, None);
+            // A debounced run sees its burst; a lone event is a burst of one.
+            if rule.controls.as_ref().is_some_and(|c| c.debounce.is_some()) {
+                let first_ms = crate::clock::unix_ms(
+                    humantime::parse_rfc3339(&event.received_at)
+                        .unwrap_or_else(|_| std::time::SystemTime::now()),
+                );
+                ctx = render::extend(&ctx, render::debounce(1, first_ms));
+            }
             let actions = if verdict.is_ok() {
                 rule.actions
                     .iter()

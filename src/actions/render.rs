@@ -124,6 +124,18 @@ pub fn extend(
     minijinja::value::merge_maps([minijinja::Value::from(extra), ctx.clone()])
 }
 
+/// The `debounce` key of a debounced delivery's context: `count` events in
+/// its burst, the first received at `first_at` (RFC 3339, as
+/// `event.received_at`).
+pub fn debounce(count: u32, first_ms: u64) -> BTreeMap<String, minijinja::Value> {
+    let first_at =
+        humantime::format_rfc3339_millis(crate::clock::from_unix_ms(first_ms)).to_string();
+    BTreeMap::from([(
+        "debounce".to_owned(),
+        minijinja::context! { count => count, first_at => first_at },
+    )])
+}
+
 /// The top level: `body`, `headers`, `query`, `event`, `rule`, `failure`,
 /// and the extra keys.
 #[derive(Debug)]

@@ -25,6 +25,7 @@
 //! deliveries, and `plan` turns a rule's actions into new deliveries.
 
 mod attempt;
+mod pause;
 mod plan;
 mod running;
 
@@ -91,6 +92,8 @@ pub struct Dispatcher {
     running: Mutex<HashMap<DeliveryId, CancellationToken>>,
     /// The base of each attempt's `files:` directory.
     files_dir: PathBuf,
+    /// Named limits paused by a 429 with `Retry-After`, until when.
+    paused: pause::Paused,
 }
 
 /// Worker slots reserved for the deliveries of one event about to be
@@ -185,6 +188,7 @@ impl Dispatcher {
                 jitter: Mutex::new(SmallRng::from_seed(jitter_seed)),
                 running: Mutex::new(HashMap::new()),
                 files_dir,
+                paused: pause::Paused::default(),
             }
         })
     }
@@ -204,6 +208,7 @@ impl Dispatcher {
         let laned = deliveries.iter().any(|d| {
             d.group.is_some()
                 || d.error.is_some()
+                || d.pacing.as_ref().is_some_and(|p| !p.immediate())
                 || set
                     .action(&d.action_ref())
                     .is_none_or(|a| a.concurrency.is_some() || a.group.is_some())

@@ -12,6 +12,7 @@
 //! `action` (log, HTTP, shell, retry) and `test` (embedded rule tests).
 
 mod action;
+mod bursts;
 mod rule;
 mod source;
 mod test;
@@ -49,6 +50,8 @@ struct Compiler {
     rule_names: HashMap<String, Origin>,
     /// Every `cancel:` action's target, checked once all rules are known.
     cancel_refs: Vec<CancelRef>,
+    /// The `limits:` of every file, by name.
+    limits: bursts::NamedLimits,
 }
 
 /// A rule named by a `cancel:` action, and where it was named.
@@ -92,6 +95,7 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
         source_paths: HashMap::new(),
         rule_names: HashMap::new(),
         cancel_refs: Vec::new(),
+        limits: bursts::NamedLimits::default(),
     };
     // Sources first, from every file, so a rule may name a source defined in
     // another file.
@@ -99,6 +103,10 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
         for s in &f.config.sources {
             c.source(&f.path, s);
         }
+    }
+    // Limits too: a rule may name one defined in another file.
+    for f in &files {
+        c.named_limits(&f.path, &f.config.limits);
     }
     for f in &files {
         for r in &f.config.rules {

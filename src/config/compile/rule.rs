@@ -61,6 +61,7 @@ impl Compiler {
             .iter()
             .filter_map(|a| self.action(&ctx, a))
             .collect();
+        let controls = self.controls(&ctx, r);
         if self.diags.errors.len() > errors_before {
             return;
         }
@@ -74,6 +75,7 @@ impl Compiler {
             actions,
             on_failure,
             on_cancel,
+            controls,
             origin: ctx.origin(name_pos),
         });
     }
