@@ -412,9 +412,9 @@ pub(super) fn commit(
     let mut leased = Vec::new();
     let mut dead = Vec::new();
     let mut rest = ev.deliveries.as_slice();
-    while !rest.is_empty() {
+    while let Some(head) = rest.first() {
         // One rule's deliveries share its pacing, decided once for them.
-        let n = match &rest[0].pacing {
+        let n = match &head.pacing {
             Some(p) => rest
                 .iter()
                 .take_while(|d| d.pacing.as_ref().is_some_and(|q| Arc::ptr_eq(p, q)))

@@ -43,7 +43,9 @@ pub struct DebounceConfig {
     pub max_wait: Spanned<String>,
 }
 
-/// Schema-only: an entry of a rule's `limit:` list.
+// Schema-only, as is the type after it.
+/// An entry of a rule's `limit:`: a name from `limits:`, or a limit of
+/// this rule alone.
 #[derive(JsonSchema)]
 #[serde(untagged)]
 #[allow(dead_code)]
@@ -53,7 +55,7 @@ pub enum LimitItemSchema {
     Inline(InlineLimitSchema),
 }
 
-/// Schema-only: a limit of this rule alone.
+/// A limit of this rule alone.
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
