@@ -79,6 +79,10 @@ pub(super) fn admit(
             .range((l.key.as_str(), since.saturating_add(1))..=(l.key.as_str(), u64::MAX))?
         {
             used += u64::from(item?.1.value());
+            // Full is full: the scan stops at `count`, whatever the window.
+            if used >= u64::from(l.count) {
+                break;
+            }
         }
         if used >= u64::from(l.count) {
             return Ok(Admission {
