@@ -255,11 +255,7 @@ pub fn run(set: &RuleSet, req: &TryRequest) -> Result<Report, DryRunError> {
             let mut ctx = render::context(&event, &rule.name, None);
             // A debounced run sees its burst; a lone event is a burst of one.
             if rule.controls.as_ref().is_some_and(|c| c.debounce.is_some()) {
-                let first_ms = crate::clock::unix_ms(
-                    humantime::parse_rfc3339(&event.received_at)
-                        .unwrap_or_else(|_| std::time::SystemTime::now()),
-                );
-                ctx = render::extend(&ctx, render::debounce(1, first_ms));
+                ctx = render::extend(&ctx, render::debounce_alone(&event));
             }
             let actions = if verdict.is_ok() {
                 rule.actions

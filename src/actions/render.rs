@@ -136,6 +136,14 @@ pub fn debounce(count: u32, first_ms: u64) -> BTreeMap<String, minijinja::Value>
     )])
 }
 
+/// [`debounce`] for an event that is a burst of its own: a debounced rule's
+/// event run without its burst (a replay, the dry run).
+pub fn debounce_alone(event: &Event) -> BTreeMap<String, minijinja::Value> {
+    let first_ms = humantime::parse_rfc3339(&event.received_at)
+        .map_or_else(|_| crate::clock::now_ms(), crate::clock::unix_ms);
+    debounce(1, first_ms)
+}
+
 /// The top level: `body`, `headers`, `query`, `event`, `rule`, `failure`,
 /// and the extra keys.
 #[derive(Debug)]

@@ -183,6 +183,10 @@ impl Dispatcher {
         let ctx = render::context(&leased.event, &rule.name, failure.as_ref());
         let ctx = match &d.debounce {
             Some(b) => render::extend(&ctx, render::debounce(b.count, b.first_ms)),
+            // A replay runs without its burst: the event is a burst of one.
+            None if rule.controls.as_ref().is_some_and(|c| c.debounce.is_some()) => {
+                render::extend(&ctx, render::debounce_alone(&leased.event))
+            }
             None => ctx,
         };
         match (&d.result, &d.cancel_reason) {

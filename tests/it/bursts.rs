@@ -120,6 +120,17 @@ fn send(server: &Server, body: &Value) -> String {
     resp.json()["key"].as_str().expect("key").to_owned()
 }
 
+/// Replays event `key` through the API.
+fn replay(server: &Server, key: &str) {
+    let resp = support::request(
+        "POST",
+        &server.admin_url(&format!("/api/replay/{key}")),
+        &[],
+        b"",
+    );
+    assert_eq!(resp.json()["status"], "replayed", "{}", resp.body);
+}
+
 /// The deliveries in `state`, from the API.
 fn in_state(server: &Server, state: &str) -> Vec<Value> {
     let resp = get(
@@ -153,11 +164,15 @@ fn a_burst_runs_once_on_its_newest_event_quiet_after_the_last() {
     let setup = Setup::new(&debounce_rules("2s", "60s"));
     let server = setup.start();
     let started = Instant::now();
+    let mut keys = Vec::new();
     for i in 1..=5 {
         if i > 1 {
             std::thread::sleep(Duration::from_millis(400));
         }
-        send(&server, &json!({ "ref": "a", "note": format!("a{i}") }));
+        keys.push(send(
+            &server,
+            &json!({ "ref": "a", "note": format!("a{i}") }),
+        ));
         if i == 3 {
             send(&server, &json!({ "ref": "b", "note": "b1" }));
         }
@@ -194,6 +209,12 @@ fn a_burst_runs_once_on_its_newest_event_quiet_after_the_last() {
     // The four older events of `a` are recorded coalesced.
     let coalesced = in_state(&server, "coalesced");
     assert_eq!(coalesced.len(), 4, "{coalesced:#?}");
+    // A replay re-runs a coalesced event, as a burst of its own.
+    let first = keys[0].clone();
+    replay(&server, &first);
+    let runs = setup.wait_runs(3, &server);
+    let again = runs.iter().find(|r| r.name == "a1").expect("a1 replayed");
+    assert_eq!(again.args[0], "1", "{runs:?}");
 }
 
 #[test]
@@ -293,6 +314,13 @@ fn over_drop_keeps_its_count_across_a_restart() {
     assert!(
         setup.runs().iter().all(|r| r.name != "a8"),
         "the dropped event did not run: {:?}",
+        setup.runs()
+    );
+    // A replay is an explicit request: it re-runs a dropped event.
+    replay(&server, &key);
+    assert!(
+        wait_until(WAIT, || setup.runs().iter().any(|r| r.name == "a8")),
+        "the replay ran: {:?}",
         setup.runs()
     );
     let metrics = support::metrics_text(&server, None);
