@@ -415,3 +415,69 @@ rules:
         server.log()
     );
 }
+
+#[test]
+fn config_errors_name_the_place_and_the_rule() {
+    let setup = Setup::new(
+        r#"limits:
+  - { name: api, rate: 20/m, over: delay }
+  - { name: bad, rate: 20/w, over: delay }
+rules:
+  - name: review
+    source: github
+    debounce: { key: "{{ body.number }}", quiet: 30s, max_wait: 5s }
+    limit: [api, nope, { rate: 5/x, over: drop }, { rate: 5/h, over: later }]
+    actions:
+      - log: "{{ debounce.count }}"
+"#,
+    );
+    let out = support::run(&["check", "--rules", &setup.rules.display().to_string()]);
+    assert_eq!(out.status.code(), Some(1), "{}", support::stdout(&out));
+    let text = format!("{}{}", support::stdout(&out), support::stderr(&out));
+    let file = setup.rules.display().to_string();
+    // Lines count the four-line source block `Setup` puts first.
+    for want in [
+        format!("{file}:7:24: limit \"bad\": invalid rate \"20/w\""),
+        format!(
+            "{file}:11:65: rule \"review\": `debounce.max_wait` (5s) is shorter than `quiet` (30s)"
+        ),
+        format!(
+            "{file}:12:18: rule \"review\": `limit` names unknown limit \"nope\" (defined: api, bad)"
+        ),
+        format!("{file}:12:32: rule \"review\": invalid rate \"5/x\""),
+        format!(
+            "{file}:12:70: rule \"review\": `over` must be one of drop, delay, found \"later\""
+        ),
+    ] {
+        assert!(text.contains(&want), "missing {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_server_on_postgresql_refuses_bursts_until_the_store_decides_them() {
+    let setup = Setup::new(
+        r#"rules:
+  - name: burst
+    source: github
+    debounce: { key: "{{ body.ref }}", quiet: 2s, max_wait: 10s }
+    actions:
+      - log: "x"
+"#,
+    );
+    // The rules are refused before any connection is made.
+    let out = support::run(&[
+        "serve",
+        "--rules",
+        &setup.rules.display().to_string(),
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        "postgres://nobody@127.0.0.1:1/none",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
+    let err = support::stderr(&out);
+    assert!(
+        err.contains("Cannot serve these rules on PostgreSQL yet: rule \"burst\" uses debounce:"),
+        "{err}"
+    );
+}
