@@ -1,7 +1,9 @@
 //! From a verified event to a durable record: route, plan deliveries, commit.
 //!
 //! Owns what is written for an accepted event: its dedup key, the event, and
-//! one delivery per (matched rule, action), with rule-level `dedup:` keys.
+//! one delivery per (matched rule, action), with rule-level `dedup:` keys
+//! and the rule's `delay:`, `debounce:` and `limit:` keys rendered (the
+//! store decides them in the same commit).
 //! It does not speak HTTP (the server maps outcomes to status codes) and does
 //! not run anything (the dispatcher does, from the store).
 //!

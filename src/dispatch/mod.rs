@@ -6,9 +6,11 @@
 //! schedule (exponential backoff with ±20% jitter, `Retry-After` honoured),
 //! dead-lettering, and scheduling a rule's `on_failure` actions in the same
 //! transaction that records the death, and its `then:` children in the one
-//! that records the success. It also stops runs the store marked cancelled
-//! (a token per running delivery), evaluates an action's `when:` just before
-//! its attempt, and runs `cancel:` actions against the store.
+//! that records the success. A 429 with `Retry-After` pauses the named
+//! limits of the delivery's rule (`pause`). It also stops runs the store
+//! marked cancelled (a token per running delivery), evaluates an action's
+//! `when:` just before its attempt, and runs `cancel:` actions against the
+//! store.
 //!
 //! The queue lives in the store, so a crash loses nothing: deliveries leased
 //! by a process that died are due again when the store reopens.

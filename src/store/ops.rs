@@ -5,7 +5,9 @@
 //! delivery, its rule's `on_failure` reactions, moving a delivery to a final
 //! state. Also the encoding of a new event's row, done by the caller before
 //! it queues the commit. Leasing, with its group and expiry decisions, is in
-//! `lease`; cancel requests and their `on_cancel` reactions in `cancel`.
+//! `lease`; cancel requests and their `on_cancel` reactions in `cancel`; the
+//! burst and budget decisions of a commit (`debounce:`, `limit:`, `delay:`)
+//! in `bursts`.
 //!
 //! Every function here runs on the writer thread against one open
 //! transaction and reports what the transaction must do after it (commit,
