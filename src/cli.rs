@@ -161,7 +161,7 @@ pub struct DeliveriesArgs {
     #[arg(long, conflicts_with = "state")]
     pub failed: bool,
     /// Only deliveries in this state: pending, leased, done, dead (gave up),
-    /// skipped, superseded, cancelled or expired.
+    /// skipped, superseded, cancelled, expired, coalesced or dropped.
     #[arg(long)]
     pub state: Option<String>,
     /// How many deliveries to list.

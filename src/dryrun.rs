@@ -314,7 +314,11 @@ fn rule_reports(set: &RuleSet, event: &std::sync::Arc<Event>) -> Vec<RuleReport>
     set.explain(&event, when_ctx)
         .into_iter()
         .map(|(rule, verdict)| {
-            let ctx = render::context(&event, &rule.name, None);
+            let mut ctx = render::context(&event, &rule.name, None);
+            // A debounced run sees its burst; a lone event is a burst of one.
+            if rule.controls.as_ref().is_some_and(|c| c.debounce.is_some()) {
+                ctx = render::extend(&ctx, render::debounce_alone(&event));
+            }
             let actions = if verdict.is_ok() {
                 rule.actions
                     .iter()

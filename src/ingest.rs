@@ -2,7 +2,9 @@
 //!
 //! Owns what is written for an accepted event: its dedup key, the event, and
 //! one delivery per (matched rule, action), with rule-level `dedup:` keys,
-//! and the `respond:` answer, which a duplicate gets again.
+//! the rule's `delay:`, `debounce:` and `limit:` keys rendered (the store
+//! decides them in the same commit), and the `respond:` answer, which a
+//! duplicate gets again.
 //! It does not speak HTTP (the server maps outcomes to status codes) and does
 //! not run anything (the dispatcher does, from the store).
 //!
@@ -20,8 +22,11 @@ use crate::clock;
 use crate::dispatch::{self, Claim, Dispatcher};
 use crate::event::Event;
 use crate::providers::Verified;
-use crate::rules::{ActionList, RuleSet};
-use crate::store::{Committed, DedupKey, NewDelivery, NewEvent, Reply, Store, StoreError};
+use crate::rules::{ActionList, Controls, Rule, RuleSet};
+use crate::store::{
+    Committed, DebounceSlot, DedupKey, LimitSlot, NewDelivery, NewEvent, Pacing, Reply, Store,
+    StoreError,
+};
 
 /// What became of an accepted event.
 pub enum Ingested {
@@ -92,6 +97,11 @@ pub fn plan(
                 }
             }
         });
+        let pacing = rule.controls.as_ref().map(|c| {
+            let shared = shared.get_or_insert_with(|| Arc::new(event.clone()));
+            let ctx = render::context(shared, &rule.name, None);
+            pacing(set, rule, c, &ctx)
+        });
         for (i, action) in rule.actions.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             let mut d = if action.group.is_some() {
@@ -102,10 +112,64 @@ pub fn plan(
                 dispatch::plan_delivery_plain(rule, ActionList::Actions, index, &[], action)
             };
             d.dedup_key = rule_key.clone();
+            match &pacing {
+                Some(Ok(p)) => d.pacing = Some(Arc::clone(p)),
+                Some(Err(e)) if d.error.is_none() => d.error = Some(e.clone()),
+                _ => {}
+            }
             deliveries.push(d);
         }
     }
     (deliveries, matched)
+}
+
+/// A rule's `delay:`, `debounce:` and `limit:` with their keys rendered
+/// for one event, for the store to decide in the event's commit. A key
+/// that does not render makes the rule's deliveries errors (created dead,
+/// with its `on_failure`), as a group key does: guessing a key would merge
+/// unrelated bursts or budgets.
+fn pacing(
+    set: &RuleSet,
+    rule: &Rule,
+    c: &Controls,
+    ctx: &minijinja::Value,
+) -> Result<Arc<Pacing>, String> {
+    let render = |what: &str, tpl: &crate::template::Template| {
+        set.templates
+            .render(tpl, ctx)
+            .map_err(|e| format!("{what} did not render: {}", set.redact(&e.to_string())))
+    };
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let debounce = match &c.debounce {
+        Some(d) => Some(DebounceSlot {
+            key: format!("{}\u{0}{}", rule.name, render("debounce key", &d.key)?),
+            quiet_ms: ms(d.quiet),
+            max_wait_ms: ms(d.max_wait),
+        }),
+        None => None,
+    };
+    let mut limits = Vec::with_capacity(c.limits.len());
+    for l in &c.limits {
+        let key = match &l.key {
+            Some(k) => render("limit key", k)?,
+            None => String::new(),
+        };
+        limits.push(LimitSlot {
+            key: format!("{}\u{0}{key}", l.id),
+            label: l
+                .name
+                .clone()
+                .unwrap_or_else(|| format!("of rule {}", rule.name)),
+            count: l.rate.count,
+            window_ms: l.rate.window_ms(),
+            over: l.over,
+        });
+    }
+    Ok(Arc::new(Pacing {
+        delay_ms: c.delay.map_or(0, ms),
+        debounce,
+        limits,
+    }))
 }
 
 /// Route and durably record a verified event. Returns only after the commit

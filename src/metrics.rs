@@ -173,7 +173,7 @@ impl Metrics {
         let queue = Family::<StateLabels, Gauge>::default();
         registry.register(
             "hookrouter_queue_depth",
-            "Deliveries by state (pending, leased, dead, skipped, superseded, cancelled, expired)",
+            "Deliveries by state (pending, leased, dead, skipped, superseded, cancelled, expired, coalesced, dropped)",
             queue.clone(),
         );
         let ingest_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
@@ -296,6 +296,8 @@ impl Metrics {
             ("superseded", depth.superseded),
             ("cancelled", depth.cancelled),
             ("expired", depth.expired),
+            ("coalesced", depth.coalesced),
+            ("dropped", depth.dropped),
         ] {
             self.queue
                 .get_or_create(&StateLabels {

@@ -20,6 +20,9 @@ use crate::event::Event;
 use crate::providers::{Origin, Secret, Source};
 use crate::template::{JsonTemplate, Template, Templates};
 
+mod bursts;
+pub use bursts::{Controls, Debounce, Limit, OVER, Over, Rate};
+
 /// Which sources a rule listens to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSel {
@@ -272,6 +275,8 @@ pub struct Rule {
     pub on_failure: Vec<Action>,
     /// Run once per cancelled event, with `cancel.reason`.
     pub on_cancel: Vec<Action>,
+    /// `delay:`, `debounce:` and `limit:`; `None` when it has none.
+    pub controls: Option<Box<Controls>>,
     /// The answer the sender gets for an event this rule matches.
     pub respond: Option<Respond>,
     pub origin: Origin,

@@ -124,6 +124,26 @@ pub fn extend(
     minijinja::value::merge_maps([minijinja::Value::from(extra), ctx.clone()])
 }
 
+/// The `debounce` key of a debounced delivery's context: `count` events in
+/// its burst, the first received at `first_at` (RFC 3339, as
+/// `event.received_at`).
+pub fn debounce(count: u32, first_ms: u64) -> BTreeMap<String, minijinja::Value> {
+    let first_at =
+        humantime::format_rfc3339_millis(crate::clock::from_unix_ms(first_ms)).to_string();
+    BTreeMap::from([(
+        "debounce".to_owned(),
+        minijinja::context! { count => count, first_at => first_at },
+    )])
+}
+
+/// [`debounce`] for an event that is a burst of its own: a debounced rule's
+/// event run without its burst (a replay, the dry run).
+pub fn debounce_alone(event: &Event) -> BTreeMap<String, minijinja::Value> {
+    let first_ms = humantime::parse_rfc3339(&event.received_at)
+        .map_or_else(|_| crate::clock::now_ms(), crate::clock::unix_ms);
+    debounce(1, first_ms)
+}
+
 /// The top level: `body`, `headers`, `query`, `event`, `rule`, `failure`,
 /// and the extra keys.
 #[derive(Debug)]

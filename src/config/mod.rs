@@ -140,6 +140,7 @@ pub fn parse(file: &Path, text: &str) -> Result<raw::FileConfig, Diagnostic> {
             sources: Vec::new(),
             rules: Vec::new(),
             tests: Vec::new(),
+            limits: Vec::new(),
         });
     }
     // Syntax first: deserializing stops at the first shape error, which a

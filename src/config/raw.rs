@@ -14,6 +14,9 @@ use serde_saphyr::Spanned;
 
 use super::node::Node;
 
+mod bursts;
+pub use bursts::{DebounceConfig, LimitConfig};
+
 /// One rule file.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -29,6 +32,9 @@ pub struct FileConfig {
     /// rule names each must match.
     #[serde(default)]
     pub tests: Vec<TestConfig>,
+    /// Budgets shared by every rule that names them in `limit:`.
+    #[serde(default)]
+    pub limits: Vec<LimitConfig>,
 }
 
 /// A webhook sender, served at `/hooks/<name>` unless `path` is set.
@@ -136,6 +142,19 @@ pub struct RuleConfig {
     #[serde(default)]
     #[schemars(with = "Vec<ActionConfig>")]
     pub on_cancel: Vec<Spanned<ActionConfig>>,
+    /// Deliveries are due this long after the event was accepted, e.g. `10s`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub delay: Option<Spanned<String>>,
+    /// Events with the same rendered key less than `quiet` apart run the
+    /// actions once, on the newest event, with `debounce.count` and
+    /// `debounce.first_at`.
+    #[serde(default)]
+    pub debounce: Option<DebounceConfig>,
+    /// Budgets: names from `limits:` or `{ key, rate, over }` of this rule.
+    #[serde(default)]
+    #[schemars(with = "Option<Vec<bursts::LimitItemSchema>>")]
+    pub limit: Option<Node>,
     /// The answer the sender gets for an event this rule matches, instead
     /// of the standard 202; the first matched rule with one answers.
     #[serde(default)]

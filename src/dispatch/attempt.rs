@@ -26,6 +26,12 @@ impl Dispatcher {
         let rule = set.rule(&at.rule);
         let action = set.action(&at);
         let cancel = self.token(d.id);
+        if let Some(rule) = rule
+            && at.list == ActionList::Actions
+            && self.defer_if_paused(rule, &leased, at_ms).await
+        {
+            return;
+        }
         let ctx = rule.map(|rule| self.context(rule, &leased));
         let ran = match (rule, action, &ctx) {
             (Some(rule), Some(action), Some(ctx)) => {
@@ -64,6 +70,16 @@ impl Dispatcher {
                 return;
             }
         };
+        if let (Some(rule), Some(429), Verdict::Retry { after: Some(after) }) =
+            (rule, result.status, &result.verdict)
+        {
+            let until = unix_ms(SystemTime::now())
+                .saturating_add(u64::try_from(after.as_millis()).unwrap_or(u64::MAX));
+            let names = self.paused.pause(rule, until);
+            if !names.is_empty() {
+                tracing::warn!(event_id = %leased.event.id, rule = %d.rule, limits = %names.join(","), retry_after_ms = until.saturating_sub(at_ms), "429 with Retry-After: limits paused.");
+            }
+        }
         let attempt_no = d.attempts + 1;
         let policy = action.map_or(RetryPolicy::NONE, |a| a.retry);
         let next = match &result.verdict {
@@ -141,13 +157,38 @@ impl Dispatcher {
         self.release(1);
     }
 
+    /// Hands the delivery back to the store, due when the pause ends, if a
+    /// named limit of its rule is paused. Says whether it did.
+    async fn defer_if_paused(&self, rule: &Rule, leased: &Leased, now_ms: u64) -> bool {
+        let Some(until) = self.paused.until(rule, now_ms) else {
+            return false;
+        };
+        let d = &leased.delivery;
+        tracing::info!(event_id = %leased.event.id, rule = %d.rule, action = d.action + 1, wait_ms = until.saturating_sub(now_ms), "Delivery waits: a limit of its rule is paused.");
+        if let Err(e) = self.store.defer(d.id, until).await {
+            // The lease stays; the delivery runs again after a restart.
+            tracing::error!(event_id = %leased.event.id, delivery = d.id, error = %e, "Deferring the delivery failed.");
+        }
+        self.forget(d.id);
+        self.release(1);
+        true
+    }
+
     /// The template context of a delivery: the event's, plus `failure` for
-    /// an on_failure delivery, `result` for a `then:` child and `cancel`
-    /// for an on_cancel delivery.
+    /// an on_failure delivery, `result` for a `then:` child, `cancel` for
+    /// an on_cancel delivery and `debounce` for a debounced one.
     fn context(&self, rule: &Rule, leased: &Leased) -> minijinja::Value {
         let d = &leased.delivery;
         let failure = d.on_failure.as_ref().map(|f| failure_json(rule, f));
         let ctx = render::context(&leased.event, &rule.name, failure.as_ref());
+        let ctx = match &d.debounce {
+            Some(b) => render::extend(&ctx, render::debounce(b.count, b.first_ms)),
+            // A replay runs without its burst: the event is a burst of one.
+            None if rule.controls.as_ref().is_some_and(|c| c.debounce.is_some()) => {
+                render::extend(&ctx, render::debounce_alone(&leased.event))
+            }
+            None => ctx,
+        };
         match (&d.result, &d.cancel_reason) {
             (Some(result), _) => minijinja::context! {
                 result => minijinja::Value::from(minijinja::value::Serde(result)),

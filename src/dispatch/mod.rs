@@ -6,9 +6,11 @@
 //! schedule (exponential backoff with ±20% jitter, `Retry-After` honoured),
 //! dead-lettering, and scheduling a rule's `on_failure` actions in the same
 //! transaction that records the death, and its `then:` children in the one
-//! that records the success. It also stops runs the store marked cancelled
-//! (a token per running delivery), evaluates an action's `when:` just before
-//! its attempt, and runs `cancel:` actions against the store.
+//! that records the success. A 429 with `Retry-After` pauses the named
+//! limits of the delivery's rule (`pause`). It also stops runs the store
+//! marked cancelled (a token per running delivery), evaluates an action's
+//! `when:` just before its attempt, and runs `cancel:` actions against the
+//! store.
 //!
 //! The queue lives in the store, so a crash loses nothing: deliveries leased
 //! by a process that died are due again when the store reopens.
@@ -25,6 +27,7 @@
 //! deliveries, and `plan` turns a rule's actions into new deliveries.
 
 mod attempt;
+mod pause;
 mod plan;
 mod running;
 
@@ -91,6 +94,8 @@ pub struct Dispatcher {
     running: Mutex<HashMap<DeliveryId, CancellationToken>>,
     /// The base of each attempt's `files:` directory.
     files_dir: PathBuf,
+    /// Named limits paused by a 429 with `Retry-After`, until when.
+    paused: pause::Paused,
 }
 
 /// Worker slots reserved for the deliveries of one event about to be
@@ -185,6 +190,7 @@ impl Dispatcher {
                 jitter: Mutex::new(SmallRng::from_seed(jitter_seed)),
                 running: Mutex::new(HashMap::new()),
                 files_dir,
+                paused: pause::Paused::default(),
             }
         })
     }
@@ -204,6 +210,7 @@ impl Dispatcher {
         let laned = deliveries.iter().any(|d| {
             d.group.is_some()
                 || d.error.is_some()
+                || d.pacing.as_ref().is_some_and(|p| !p.immediate())
                 || set
                     .action(&d.action_ref())
                     .is_none_or(|a| a.concurrency.is_some() || a.group.is_some())

@@ -254,6 +254,17 @@ impl Store {
         }
     }
 
+    /// See [`RedbStore::defer`]. Not on PostgreSQL yet: a server refuses
+    /// to start there with the rules that need it (named limits).
+    pub async fn defer(&self, delivery: DeliveryId, until_ms: u64) -> Result<(), StoreError> {
+        match self {
+            Store::Redb(r) => r.defer(delivery, until_ms).await,
+            Store::Postgres(_) => Err(StoreError::Internal(
+                "deferring a delivery is not supported on PostgreSQL yet",
+            )),
+        }
+    }
+
     /// See [`RedbStore::replay`].
     pub async fn replay(
         &self,

@@ -29,7 +29,9 @@ pub(super) fn prepare(db: &Database, now: u64) -> Result<u64, StoreError> {
         // JSON rows of layout 2, so moving up is only the version number.
         // Layout 4 adds tables (created below) and a row form; its rows
         // are written as they change and the older forms still read.
-        Some(2 | 3) => {}
+        // Layout 5 adds tables (created below), two final states and a
+        // tail to delivery rows; layout-4 rows read as they are.
+        Some(2..=4) => {}
         Some(v) => {
             return Err(StoreError::Schema {
                 found: v,

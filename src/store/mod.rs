@@ -41,10 +41,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use handle::{Store, StoreUrl};
 pub use pg::{PgOptions, PgStore};
 pub use types::{
-    Attempt, AttemptOutcome, BatchStats, CancelOutcome, Committed, DedupKey, DeliveryCounts,
-    DeliveryDetail, DeliveryId, DeliveryRecord, DeliveryState, EventDetail, EventSummary,
-    FailureContext, FollowUps, GroupSlot, Leased, Leases, MAX_DETAIL_BYTES, NewDelivery, NewEvent,
-    Next, ParseStateError, PruneStats, QueueDepth, Reply, Stopper, UnknownOutcome,
+    Attempt, AttemptOutcome, BatchStats, CancelOutcome, Committed, DebounceInfo, DebounceSlot,
+    DedupKey, DeliveryCounts, DeliveryDetail, DeliveryId, DeliveryRecord, DeliveryState,
+    EventDetail, EventSummary, FailureContext, FollowUps, GroupSlot, Leased, Leases, LimitSlot,
+    MAX_DETAIL_BYTES, NewDelivery, NewEvent, Next, Pacing, ParseStateError, PruneStats, QueueDepth,
+    Reply, Stopper, UnknownOutcome,
 };
 
 use prune::PruneChunk;
@@ -434,6 +435,16 @@ impl RedbStore {
         {
             Out::Ids(ids) => Ok(ids),
             _ => Err(StoreError::Internal("unexpected answer to finish")),
+        }
+    }
+
+    /// Hands a leased delivery back without running it: `Pending` again,
+    /// due at `until_ms`, with no attempt recorded (a limit it runs under
+    /// is paused). A delivery that is not leased is left alone.
+    pub async fn defer(&self, delivery: DeliveryId, until_ms: u64) -> Result<(), StoreError> {
+        match self.call(Op::Defer { delivery, until_ms }).await? {
+            Out::Ids(_) => Ok(()),
+            _ => Err(StoreError::Internal("unexpected answer to defer")),
         }
     }
 

@@ -5,7 +5,9 @@
 //! delivery, its rule's `on_failure` reactions, moving a delivery to a final
 //! state. Also the encoding of a new event's row, done by the caller before
 //! it queues the commit. Leasing, with its group and expiry decisions, is in
-//! `lease`; cancel requests and their `on_cancel` reactions in `cancel`.
+//! `lease`; cancel requests and their `on_cancel` reactions in `cancel`; the
+//! burst and budget decisions of a commit (`debounce:`, `limit:`, `delay:`)
+//! in `bursts`.
 //!
 //! Every function here runs on the writer thread against one open
 //! transaction and reports what the transaction must do after it (commit,
@@ -13,6 +15,7 @@
 //! the first write, because the transaction carries on with the other
 //! commands of its batch.
 
+mod bursts;
 mod cancel;
 mod lease;
 
@@ -33,6 +36,7 @@ use super::types::{
 use crate::clock;
 use crate::rules::ActionList;
 
+pub(super) use bursts::defer;
 pub(super) use cancel::{cancel_event, cancel_group};
 pub(in crate::store) use lease::REASON_NEWER;
 pub(super) use lease::lease;
@@ -191,6 +195,20 @@ fn create_delivery(
     lease_until: Option<u64>,
     index: Indexed,
 ) -> Result<DeliveryRecord, StoreError> {
+    create_delivery_at(t, event_key, d, due_ms, due_ms, lease_until, index)
+}
+
+/// [`create_delivery`], created at `created_ms` but due at `due_ms` (a
+/// `delay:`, a limit's slot or a debounce window put it later).
+fn create_delivery_at(
+    t: &mut WriteTables<'_>,
+    event_key: &str,
+    d: &NewDelivery,
+    created_ms: u64,
+    due_ms: u64,
+    lease_until: Option<u64>,
+    index: Indexed,
+) -> Result<DeliveryRecord, StoreError> {
     let id = t.next_delivery_id()?;
     let state = if d.error.is_some() {
         DeliveryState::Dead
@@ -208,7 +226,7 @@ fn create_delivery(
         state,
         attempts: 0,
         due_at_ms: due_ms,
-        created_ms: due_ms,
+        created_ms,
         lease_until_ms: lease_until.filter(|_| state == DeliveryState::Leased),
         success: None,
         last_error: d.error.clone(),
@@ -220,8 +238,9 @@ fn create_delivery(
         result: d.result.clone(),
         cancel: None,
         cancel_reason: d.cancel_reason.clone(),
-        deadline_ms: d.start_within_ms.map(|w| due_ms.saturating_add(w)),
+        deadline_ms: d.start_within_ms.map(|w| created_ms.saturating_add(w)),
         waited: false,
+        debounce: None,
     };
     t.put_delivery(&rec)?;
     match (state, lease_until) {
@@ -399,27 +418,63 @@ pub(super) fn commit(
     let mut ids = Vec::with_capacity(ev.deliveries.len());
     let mut leased = Vec::new();
     let mut dead = Vec::new();
-    for d in &ev.deliveries {
-        let skip = d
-            .dedup_key
-            .as_ref()
-            .is_some_and(|k| blocked.contains(&rule_dedup_key(&d.rule, k)));
-        if skip {
-            continue;
+    let mut rest = ev.deliveries.as_slice();
+    while let Some(head) = rest.first() {
+        // One rule's deliveries share its pacing, decided once for them.
+        let n = match &head.pacing {
+            Some(p) => rest
+                .iter()
+                .take_while(|d| d.pacing.as_ref().is_some_and(|q| Arc::ptr_eq(p, q)))
+                .count(),
+            None => 1,
+        };
+        let (run, tail) = rest.split_at(n);
+        rest = tail;
+        let run: Vec<&NewDelivery> = run
+            .iter()
+            .filter(|d| {
+                !d.dedup_key
+                    .as_ref()
+                    .is_some_and(|k| blocked.contains(&rule_dedup_key(&d.rule, k)))
+            })
+            .collect();
+        let admission = match run.first().and_then(|d| d.pacing.as_ref()) {
+            Some(p) => Some(bursts::admit(t, p, at)?),
+            None => None,
+        };
+        let due = admission.as_ref().map_or(at, |a| a.due_ms);
+        // Only deliveries that may start now are handed out leased.
+        let lease_until = lease_ms
+            .filter(|_| {
+                admission
+                    .as_ref()
+                    .is_none_or(|a| a.dropped.is_none() && due <= at)
+            })
+            .map(|l| at.saturating_add(l));
+        let mut waiting = Vec::new();
+        for d in run {
+            let mut rec = create_delivery_at(t, &key, d, at, due, lease_until, Indexed::InRow)?;
+            ids.push(rec.id);
+            if let Some(a) = &admission
+                && !rec.state.is_final()
+            {
+                if let Some(why) = &a.dropped {
+                    rec.last_error = Some(why.clone());
+                    end(t, &mut rec, DeliveryState::Dropped, fx)?;
+                } else if let Some(b) = &a.burst {
+                    rec.debounce = Some(b.info);
+                    t.put_delivery(&rec)?;
+                    waiting.push(rec.clone());
+                }
+            }
+            if rec.state == DeliveryState::Dead {
+                dead.push(rec);
+            } else if rec.state == DeliveryState::Leased {
+                leased.push(rec);
+            }
         }
-        let rec = create_delivery(
-            t,
-            &key,
-            d,
-            at,
-            lease_ms.map(|l| at.saturating_add(l)),
-            Indexed::InRow,
-        )?;
-        ids.push(rec.id);
-        if rec.state == DeliveryState::Dead {
-            dead.push(rec);
-        } else if lease_ms.is_some() {
-            leased.push(rec);
+        if let Some(b) = admission.as_ref().and_then(|a| a.burst.as_ref()) {
+            bursts::settle(t, b, &waiting, fx)?;
         }
     }
     // The ids were handed out in one run, so the row's header names them all
@@ -442,7 +497,7 @@ pub(super) fn commit(
     }
     // Leased deliveries are the caller's to run; only queued ones need the
     // dispatcher to look.
-    if !ids.is_empty() && lease_ms.is_none() {
+    if ids.len() > leased.len() {
         fx.wake = true;
     }
     Ok((

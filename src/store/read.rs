@@ -184,6 +184,8 @@ impl RedbStore {
             superseded: count(DeliveryState::Superseded)?,
             cancelled: count(DeliveryState::Cancelled)?,
             expired: count(DeliveryState::Expired)?,
+            coalesced: count(DeliveryState::Coalesced)?,
+            dropped: count(DeliveryState::Dropped)?,
         };
         // `Done` has no index of its own: it is every other delivery.
         let all = txn.open_table(DELIVERIES)?.len()?;

@@ -17,10 +17,13 @@
 //! | `due`              | (due ms, id)           | ()                   | exactly the `Pending` deliveries |
 //! | `leased`           | (lease until ms, id)   | ()                   | exactly the `Leased` deliveries |
 //! | `dead`             | id                     | ()                   | exactly the `Dead` deliveries |
-//! | `skipped`, `superseded`, `cancelled`, `expired` | id | ()         | exactly the deliveries in that final state |
+//! | `skipped`, `superseded`, `cancelled`, `expired`, `coalesced`, `dropped` | id | () | exactly the deliveries in that final state |
 //! | `group_wait`       | (group id, id)         | ()                   | `Pending` group members waiting for room, oldest first |
 //! | `attempts`         | (id, attempt number)   | JSON `Attempt`       | attempts that did not end a delivery as done |
 //! | `meta`             | name                   | u64                  | `next_delivery_id` floor, `schema_version` |
+//! | `debounce`         | rule NUL rendered key  | JSON [`BurstRow`]    | a burst's waiting deliveries, first time and count |
+//! | `limit_hits`       | (limit key, ms)        | u32                  | `over: drop` admissions in the rolling window |
+//! | `limit_next`       | limit key              | u64                  | `over: delay`: the next free start slot, unix ms |
 //!
 //! Every table a commit touches costs it a root-to-leaf path of pages to
 //! write and fsync, so the common path (an event, one delivery run at once,
@@ -39,7 +42,9 @@ use redb::{ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use super::types::{Attempt, DeliveryId, DeliveryRecord, DeliveryState, FollowUps, GroupSlot};
+use super::types::{
+    Attempt, DebounceInfo, DeliveryId, DeliveryRecord, DeliveryState, FollowUps, GroupSlot,
+};
 use crate::event::Event;
 use crate::rules::{ActionList, ActionType};
 
@@ -56,6 +61,11 @@ pub(super) const SKIPPED: TableDefinition<u64, ()> = TableDefinition::new("skipp
 pub(super) const SUPERSEDED: TableDefinition<u64, ()> = TableDefinition::new("superseded");
 pub(super) const CANCELLED: TableDefinition<u64, ()> = TableDefinition::new("cancelled");
 pub(super) const EXPIRED: TableDefinition<u64, ()> = TableDefinition::new("expired");
+pub(super) const COALESCED: TableDefinition<u64, ()> = TableDefinition::new("coalesced");
+pub(super) const DROPPED: TableDefinition<u64, ()> = TableDefinition::new("dropped");
+pub(super) const DEBOUNCE: TableDefinition<&str, &[u8]> = TableDefinition::new("debounce");
+pub(super) const LIMIT_HITS: TableDefinition<(&str, u64), u32> = TableDefinition::new("limit_hits");
+pub(super) const LIMIT_NEXT: TableDefinition<&str, u64> = TableDefinition::new("limit_next");
 /// Waiting members of a group, keyed by [`group_id`] then delivery id, so the
 /// first entry of a group is its oldest waiting member (arrival order).
 pub(super) const GROUP_WAIT: TableDefinition<(&str, u64), ()> = TableDefinition::new("group_wait");
@@ -69,7 +79,7 @@ pub(super) const META_NEXT_ID: &str = "next_delivery_id";
 /// `meta` key of the layout version; bumped when rows or tables change shape
 /// so an older binary refuses a newer file instead of misreading it.
 pub(super) const META_SCHEMA: &str = "schema_version";
-pub(super) const SCHEMA_VERSION: u64 = 4;
+pub(super) const SCHEMA_VERSION: u64 = 5;
 
 /// Tables of layout version 1 that version 2 replaced; `migrate::prepare`
 /// migrates them.
@@ -105,6 +115,18 @@ pub(super) struct EventRowReply {
     pub reply: Option<super::types::Reply>,
 }
 
+/// A debounce burst: its waiting deliveries (one per action of the rule),
+/// when its first event came and how many came. A burst whose deliveries
+/// are no longer all `Pending` is over; the next event starts a new one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct BurstRow {
+    pub waiting: Vec<DeliveryId>,
+    pub first_ms: u64,
+    pub count: u32,
+    /// The earliest due time its limits and `delay:` allowed.
+    pub floor_ms: u64,
+}
+
 /// The parts of an event row that prune needs. Decoding only these skips
 /// building the event's headers and body, most of a row's decoding cost.
 #[derive(Debug, Deserialize)]
@@ -130,6 +152,8 @@ pub(super) fn final_index(state: DeliveryState) -> Option<TableDefinition<'stati
         DeliveryState::Superseded => Some(SUPERSEDED),
         DeliveryState::Cancelled => Some(CANCELLED),
         DeliveryState::Expired => Some(EXPIRED),
+        DeliveryState::Coalesced => Some(COALESCED),
+        DeliveryState::Dropped => Some(DROPPED),
         DeliveryState::Pending | DeliveryState::Leased | DeliveryState::Done => None,
     }
 }
@@ -172,6 +196,11 @@ pub(super) struct WriteTables<'t> {
     pub superseded: redb::Table<'t, u64, ()>,
     pub cancelled: redb::Table<'t, u64, ()>,
     pub expired: redb::Table<'t, u64, ()>,
+    pub coalesced: redb::Table<'t, u64, ()>,
+    pub dropped: redb::Table<'t, u64, ()>,
+    pub debounce: redb::Table<'t, &'static str, &'static [u8]>,
+    pub limit_hits: redb::Table<'t, (&'static str, u64), u32>,
+    pub limit_next: redb::Table<'t, &'static str, u64>,
     pub group_wait: redb::Table<'t, (&'static str, u64), ()>,
     pub attempts: redb::Table<'t, (u64, u32), &'static [u8]>,
     pub meta: redb::Table<'t, &'static str, u64>,
@@ -200,6 +229,11 @@ impl<'t> WriteTables<'t> {
             superseded: txn.open_table(SUPERSEDED)?,
             cancelled: txn.open_table(CANCELLED)?,
             expired: txn.open_table(EXPIRED)?,
+            coalesced: txn.open_table(COALESCED)?,
+            dropped: txn.open_table(DROPPED)?,
+            debounce: txn.open_table(DEBOUNCE)?,
+            limit_hits: txn.open_table(LIMIT_HITS)?,
+            limit_next: txn.open_table(LIMIT_NEXT)?,
             group_wait: txn.open_table(GROUP_WAIT)?,
             attempts: txn.open_table(ATTEMPTS)?,
             meta: txn.open_table(META)?,
@@ -217,6 +251,8 @@ impl<'t> WriteTables<'t> {
             DeliveryState::Superseded => Some(&mut self.superseded),
             DeliveryState::Cancelled => Some(&mut self.cancelled),
             DeliveryState::Expired => Some(&mut self.expired),
+            DeliveryState::Coalesced => Some(&mut self.coalesced),
+            DeliveryState::Dropped => Some(&mut self.dropped),
             DeliveryState::Pending | DeliveryState::Leased | DeliveryState::Done => None,
         }
     }
@@ -312,8 +348,21 @@ pub(super) fn encode_delivery(rec: &DeliveryRecord) -> Result<Vec<u8>, StoreErro
         deadline_ms: rec.deadline_ms,
         waited: rec.waited,
     };
-    postcard::to_extend(&row, vec![DELIVERY_POSTCARD_V4])
-        .map_err(|_| StoreError::Internal("a delivery row did not encode"))
+    let bytes = postcard::to_extend(&row, vec![DELIVERY_POSTCARD_V4])
+        .map_err(|_| StoreError::Internal("a delivery row did not encode"))?;
+    // Fields added after layout 4 follow the row, and only when set: a row
+    // without them ends where layout 4 ended, and reads the same.
+    match rec.debounce {
+        Some(d) => postcard::to_extend(&RowTail { debounce: Some(d) }, bytes)
+            .map_err(|_| StoreError::Internal("a delivery row did not encode")),
+        None => Ok(bytes),
+    }
+}
+
+/// What follows a layout-4 delivery row, when anything does (layout 5).
+#[derive(Serialize, Deserialize)]
+struct RowTail {
+    debounce: Option<DebounceInfo>,
 }
 
 /// Decodes a delivery row in any form.
@@ -321,7 +370,12 @@ pub(super) fn decode_delivery(bytes: &[u8]) -> Result<DeliveryRecord, StoreError
     let corrupt = |e: postcard::Error| StoreError::Corrupt(format!("delivery row: {e}"));
     match bytes.split_first() {
         Some((&DELIVERY_POSTCARD_V4, rest)) => {
-            let r: DeliveryRow = postcard::from_bytes(rest).map_err(corrupt)?;
+            let (r, tail): (DeliveryRow, _) = postcard::take_from_bytes(rest).map_err(corrupt)?;
+            let tail: Option<RowTail> = if tail.is_empty() {
+                None
+            } else {
+                Some(postcard::from_bytes(tail).map_err(corrupt)?)
+            };
             let result = match r.result {
                 Some(text) => Some(decode(text.as_bytes(), "delivery result")?),
                 None => None,
@@ -349,6 +403,7 @@ pub(super) fn decode_delivery(bytes: &[u8]) -> Result<DeliveryRecord, StoreError
                 cancel_reason: r.cancel_reason,
                 deadline_ms: r.deadline_ms,
                 waited: r.waited,
+                debounce: tail.and_then(|t| t.debounce),
             })
         }
         Some((&DELIVERY_POSTCARD, rest)) => {
@@ -387,6 +442,7 @@ pub(super) fn decode_delivery(bytes: &[u8]) -> Result<DeliveryRecord, StoreError
                 cancel_reason: None,
                 deadline_ms: None,
                 waited: false,
+                debounce: None,
             })
         }
         _ => {

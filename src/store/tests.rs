@@ -1187,6 +1187,10 @@ fn delivery_rows_round_trip_in_both_forms() {
         cancel_reason: Some("closed".to_owned()),
         deadline_ms: Some(77),
         waited: true,
+        debounce: Some(crate::store::DebounceInfo {
+            count: 3,
+            first_ms: 900,
+        }),
     };
     let bare = DeliveryRecord {
         lease_until_ms: None,
@@ -1201,6 +1205,7 @@ fn delivery_rows_round_trip_in_both_forms() {
         cancel_reason: None,
         deadline_ms: None,
         waited: false,
+        debounce: None,
         ..full.clone()
     };
     for rec in [&full, &bare] {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::rules::{ActionList, ActionRef, ActionType, OnBusy};
+use crate::rules::{ActionList, ActionRef, ActionType, OnBusy, Over};
 
 mod reports;
 
@@ -109,6 +109,67 @@ pub struct NewDelivery {
     /// is created `Dead` with this as its last error, and the rule's
     /// `on_failure` deliveries with it.
     pub error: Option<String>,
+    /// The rule's `delay:`, `debounce:` and `limit:` with their keys
+    /// rendered, shared by the rule's deliveries of one event: decided by
+    /// the store in the event's commit (see [`Pacing`]). Ignored by
+    /// `replay` and follow-ups.
+    pub pacing: Option<Arc<Pacing>>,
+}
+
+/// What the store decides, in the commit of an event, for one matched
+/// rule's deliveries: when they are due (`delay`, a slot of an `over:
+/// delay` limit, a debounce window), whether they are `dropped` (an `over:
+/// drop` limit whose window is full), or whether they take over a burst's
+/// waiting deliveries (which become `coalesced`). The counts, slots and
+/// bursts live in the store, so a restart resets none of them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Pacing {
+    /// Due this long after the event was accepted.
+    pub delay_ms: u64,
+    pub debounce: Option<DebounceSlot>,
+    /// Checked in order; the deliveries are dropped if any `drop` limit is
+    /// full, and then nothing is counted.
+    pub limits: Vec<LimitSlot>,
+}
+
+impl Pacing {
+    /// Whether admitted deliveries are due at once (no delay, debounce or
+    /// `over: delay` limit), so ingest may hand them straight to workers.
+    pub fn immediate(&self) -> bool {
+        self.delay_ms == 0
+            && self.debounce.is_none()
+            && self.limits.iter().all(|l| l.over == Over::Drop)
+    }
+}
+
+/// A rule's `debounce:` with its key rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebounceSlot {
+    /// The burst: the rule's name and the rendered key, NUL-separated.
+    pub key: String,
+    pub quiet_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+/// One of a rule's limits with its key rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSlot {
+    /// The counter: the limit's id and the rendered key, NUL-separated.
+    pub key: String,
+    /// As the rule set names it, for `last_error` (`api`, or `rule#1`).
+    pub label: String,
+    /// At most `count` per `window_ms`.
+    pub count: u32,
+    pub window_ms: u64,
+    pub over: Over,
+}
+
+/// A debounced delivery's burst, as templates see it: `debounce.count`
+/// events since `debounce.first_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebounceInfo {
+    pub count: u32,
+    pub first_ms: u64,
 }
 
 impl NewDelivery {
@@ -129,6 +190,7 @@ impl NewDelivery {
             cancel_reason: None,
             start_within_ms: None,
             error: None,
+            pacing: None,
         }
     }
 
@@ -298,8 +360,9 @@ pub enum Committed {
 /// nothing (more): `Skipped` (its `when:` was false, or its group was busy
 /// with `on_busy: skip`), `Superseded` (a newer member of its group took its
 /// place), `Cancelled` (by a `cancel:` action, by hand, or by a newer member
-/// with `on_busy: cancel`) and `Expired` (not started within
-/// `start_within`).
+/// with `on_busy: cancel`), `Expired` (not started within
+/// `start_within`), `Coalesced` (a newer event of its debounce burst took
+/// its place) and `Dropped` (its rule's `over: drop` limit was full).
 ///
 /// New variants go at the end: postcard rows store the variant number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -313,6 +376,8 @@ pub enum DeliveryState {
     Superseded,
     Cancelled,
     Expired,
+    Coalesced,
+    Dropped,
 }
 
 impl DeliveryState {
@@ -326,6 +391,8 @@ impl DeliveryState {
             DeliveryState::Superseded => "superseded",
             DeliveryState::Cancelled => "cancelled",
             DeliveryState::Expired => "expired",
+            DeliveryState::Coalesced => "coalesced",
+            DeliveryState::Dropped => "dropped",
         }
     }
 
@@ -336,7 +403,7 @@ impl DeliveryState {
     }
 
     /// Every state, in the order lists and metrics show them.
-    pub const ALL: [DeliveryState; 8] = [
+    pub const ALL: [DeliveryState; 10] = [
         DeliveryState::Pending,
         DeliveryState::Leased,
         DeliveryState::Done,
@@ -345,6 +412,8 @@ impl DeliveryState {
         DeliveryState::Superseded,
         DeliveryState::Cancelled,
         DeliveryState::Expired,
+        DeliveryState::Coalesced,
+        DeliveryState::Dropped,
     ];
 }
 
@@ -358,7 +427,7 @@ impl fmt::Display for DeliveryState {
 /// `dead`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown delivery state {0:?} (expected pending, leased, done, dead, skipped, superseded, cancelled or expired)"
+    "unknown delivery state {0:?} (expected pending, leased, done, dead, skipped, superseded, cancelled, expired, coalesced or dropped)"
 )]
 pub struct ParseStateError(pub String);
 
@@ -382,6 +451,8 @@ impl FromStr for DeliveryState {
             "superseded" => Ok(DeliveryState::Superseded),
             "cancelled" | "canceled" => Ok(DeliveryState::Cancelled),
             "expired" => Ok(DeliveryState::Expired),
+            "coalesced" => Ok(DeliveryState::Coalesced),
+            "dropped" => Ok(DeliveryState::Dropped),
             _ => Err(ParseStateError(s.to_owned())),
         }
     }
@@ -442,6 +513,9 @@ pub struct DeliveryRecord {
     /// when it first became due; afterwards it only waits its turn.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub waited: bool,
+    /// For a debounced delivery: its burst so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<DebounceInfo>,
 }
 
 fn actions_list() -> ActionList {

@@ -81,6 +81,11 @@ pub(super) enum Op {
         reason: String,
     },
     Prune(PruneChunk),
+    /// Hand a leased delivery back unrun, due at `until_ms`.
+    Defer {
+        delivery: DeliveryId,
+        until_ms: u64,
+    },
 }
 
 /// The answer to an [`Op`].
@@ -500,5 +505,8 @@ fn apply(
             ops::cancel_group(t, rule, key, reason, now, fx).map(Out::Cancelled)
         }
         Op::Prune(chunk) => prune::prune(t, chunk, fx).map(Out::Pruned),
+        Op::Defer { delivery, until_ms } => {
+            ops::defer(t, *delivery, *until_ms, fx).map(|()| Out::Ids(Vec::new()))
+        }
     }
 }

@@ -177,7 +177,7 @@ fn unknown_field_in_a_rule() {
         &[
             "tests/fixtures/invalid/unknown_field_rule.yaml:9:5: rule \"typo\": unknown field `evnt`, \
            expected one of name, source, event, match, dedup, when, actions, on_failure, on_cancel, \
-           respond",
+           delay, debounce, limit, respond",
         ],
     );
 }

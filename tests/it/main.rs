@@ -17,6 +17,7 @@
 //! | actions: HTTP retries and signing, shell, `on_failure`, replay, concurrency | `actions.rs` |
 //! | agent controls: cancel by hand, cancelled runs across `kill -9`, replay | `agent.rs` |
 //! | agent controls: groups, `then:`, `stdin:`, `start_within:`, the `cancel:` action | `agent_groups.rs` |
+//! | bursts and budgets: `debounce:`, `limit:` (drop, delay, 429 pauses), across `kill -9` | `bursts.rs` |
 //! | a Standard Webhooks verifier written from the spec, used by `actions.rs` | `standard_verifier.rs` |
 //! | the bounded worker pool | `workers.rs` |
 //! | hot reload: watcher, SIGHUP, failed reloads | `reload.rs` |
@@ -42,6 +43,7 @@ mod admin_guard;
 mod agent;
 mod agent_groups;
 mod browser;
+mod bursts;
 mod check;
 mod cli_help;
 mod console;

@@ -209,3 +209,46 @@ fn schema_describes_expected_actions() {
     assert_eq!(checks, ["equals", "contains", "regex"]);
     assert_eq!(defs["AssertionSchema"]["anyOf"][0]["type"], "string");
 }
+
+#[test]
+fn schema_describes_bursts_and_budgets() {
+    let schema: Value = serde_json::from_str(&generated()).expect("the schema is JSON");
+    let defs = &schema["$defs"];
+    assert_eq!(
+        schema["properties"]["limits"]["items"]["$ref"],
+        "#/$defs/LimitConfig"
+    );
+    assert_eq!(
+        defs["LimitConfig"]["required"],
+        serde_json::json!(["name", "rate", "over"])
+    );
+    let rule = &defs["RuleConfig"]["properties"];
+    assert_eq!(
+        rule["debounce"]["anyOf"][0]["$ref"],
+        "#/$defs/DebounceConfig"
+    );
+    assert_eq!(
+        defs["DebounceConfig"]["required"],
+        serde_json::json!(["key", "quiet", "max_wait"])
+    );
+    assert_eq!(rule["delay"]["type"], serde_json::json!(["string", "null"]));
+    // `limit:` entries: a name, or `{ key, rate, over }`.
+    assert_eq!(rule["limit"]["items"]["$ref"], "#/$defs/LimitItemSchema");
+    let entry = defs["LimitItemSchema"]["anyOf"].as_array().expect("anyOf");
+    assert_eq!(entry[0]["type"], "string");
+    assert_eq!(entry[1]["$ref"], "#/$defs/InlineLimitSchema");
+    let inline = &defs["InlineLimitSchema"];
+    assert_eq!(inline["additionalProperties"], false);
+    assert_eq!(inline["required"], serde_json::json!(["rate", "over"]));
+    for def in [inline, &defs["LimitConfig"]] {
+        assert_eq!(
+            def["properties"]["over"]["enum"],
+            serde_json::json!(["drop", "delay"])
+        );
+        let pattern = def["properties"]["rate"]["pattern"]
+            .as_str()
+            .expect("rate pattern");
+        let re = regex::Regex::new(pattern).expect("a regex");
+        assert!(re.is_match("20/m") && re.is_match("5/h") && !re.is_match("5/w"));
+    }
+}

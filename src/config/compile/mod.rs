@@ -13,6 +13,7 @@
 //! and `test` (embedded rule tests).
 
 mod action;
+mod bursts;
 mod respond;
 mod rule;
 mod source;
@@ -53,6 +54,8 @@ struct Compiler {
     cancel_refs: Vec<CancelRef>,
     /// `respond:` of the sources that have one.
     source_responds: HashMap<String, crate::rules::Respond>,
+    /// The `limits:` of every file, by name.
+    limits: bursts::NamedLimits,
 }
 
 /// A rule named by a `cancel:` action, and where it was named.
@@ -97,6 +100,7 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
         rule_names: HashMap::new(),
         cancel_refs: Vec::new(),
         source_responds: HashMap::new(),
+        limits: bursts::NamedLimits::default(),
     };
     // Sources first, from every file, so a rule may name a source defined in
     // another file.
@@ -104,6 +108,10 @@ pub fn compile(files: Vec<ParsedFile>) -> Result<(RuleSet, Diagnostics), Diagnos
         for s in &f.config.sources {
             c.source(&f.path, s);
         }
+    }
+    // Limits too: a rule may name one defined in another file.
+    for f in &files {
+        c.named_limits(&f.path, &f.config.limits);
     }
     for f in &files {
         for r in &f.config.rules {

@@ -62,6 +62,7 @@ impl Compiler {
             .filter_map(|a| self.action(&ctx, a))
             .collect();
         let respond = r.respond.as_ref().and_then(|x| self.respond(&ctx, x));
+        let controls = self.controls(&ctx, r);
         if self.diags.errors.len() > errors_before {
             return;
         }
@@ -76,6 +77,7 @@ impl Compiler {
             on_failure,
             on_cancel,
             respond,
+            controls,
             origin: ctx.origin(name_pos),
         });
     }

@@ -289,6 +289,7 @@ pub(super) async fn insert(
         cancel_reason: d.cancel_reason.clone(),
         deadline_ms: d.start_within_ms.map(|w| created_ms.saturating_add(w)),
         waited: false,
+        debounce: None,
     };
     let json = serde_json::to_value(&doc)?;
     let row = txn

@@ -180,6 +180,8 @@ impl PgStore {
                     DeliveryState::Superseded => depth.superseded = n,
                     DeliveryState::Cancelled => depth.cancelled = n,
                     DeliveryState::Expired => depth.expired = n,
+                    DeliveryState::Coalesced => depth.coalesced = n,
+                    DeliveryState::Dropped => depth.dropped = n,
                 }
             }
             Ok(depth)

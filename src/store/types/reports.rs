@@ -61,6 +61,10 @@ pub struct DeliveryCounts {
     pub cancelled: u32,
     #[serde(default)]
     pub expired: u32,
+    #[serde(default)]
+    pub coalesced: u32,
+    #[serde(default)]
+    pub dropped: u32,
 }
 
 impl DeliveryCounts {
@@ -75,6 +79,8 @@ impl DeliveryCounts {
             DeliveryState::Superseded => &mut self.superseded,
             DeliveryState::Cancelled => &mut self.cancelled,
             DeliveryState::Expired => &mut self.expired,
+            DeliveryState::Coalesced => &mut self.coalesced,
+            DeliveryState::Dropped => &mut self.dropped,
         }
     }
 }
@@ -95,6 +101,10 @@ pub struct QueueDepth {
     pub cancelled: u64,
     #[serde(default)]
     pub expired: u64,
+    #[serde(default)]
+    pub coalesced: u64,
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 impl QueueDepth {
@@ -109,6 +119,8 @@ impl QueueDepth {
             DeliveryState::Superseded => self.superseded,
             DeliveryState::Cancelled => self.cancelled,
             DeliveryState::Expired => self.expired,
+            DeliveryState::Coalesced => self.coalesced,
+            DeliveryState::Dropped => self.dropped,
         }
     }
 }
