@@ -347,6 +347,11 @@ fn kill9_one_of_two_replicas_under_load_the_other_finishes_its_deliveries() {
     let b = replica("b");
     // Both replicas show the same rule set.
     let digest = |s: &Server| admin_get(s, "/api/status", None).json()["rules_digest"].clone();
+    assert!(
+        digest(&a).as_str().is_some_and(|d| d.len() == 16),
+        "{}",
+        digest(&a)
+    );
     assert_eq!(digest(&a), digest(&b));
 
     const N: usize = 60;
@@ -399,6 +404,32 @@ fn kill9_one_of_two_replicas_under_load_the_other_finishes_its_deliveries() {
     );
 }
 
+/// Runs `hookrouter serve` in `dir` with `args` (and `env`), which should refuse to
+/// start: killed after 20 s if it serves instead, so the test fails rather
+/// than hangs. Its exit code and stderr.
+fn refused_serve(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let mut child = Command::new(crate::support::BIN)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("HOOKROUTER_RULES")
+        .env_remove("HOOKROUTER_DATA")
+        .env_remove("HOOKROUTER_STORE")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start hookrouter");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    (out.status.code(), stderr(&out))
+}
+
 #[test]
 fn store_and_data_together_are_refused_and_no_password_is_echoed() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -408,9 +439,12 @@ fn store_and_data_together_are_refused_and_no_password_is_echoed() {
     let data = data.to_str().expect("utf-8");
 
     for store in ["redb:other.redb", "postgres://u:secret-pw@127.0.0.1/db"] {
-        let out = run(&["serve", "--rules", rules, "--store", store, "--data", data]);
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, err) = refused_serve(
+            dir.path(),
+            &["--rules", rules, "--store", store, "--data", data],
+            &[],
+        );
+        assert_eq!(code, Some(2), "{err}");
         assert!(
             err.contains("'--store <URL>' cannot be used with '--data <PATH>'"),
             "{err}"
@@ -425,20 +459,18 @@ fn store_and_data_together_are_refused_and_no_password_is_echoed() {
         "postgres://u:secret-pw@127.0.0.1/db?sslmode=sometimes",
         "mysql://u:secret-pw@127.0.0.1/db",
     ] {
-        let out = run(&["serve", "--rules", rules, "--store", bad]);
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, err) = refused_serve(dir.path(), &["--rules", rules, "--store", bad], &[]);
+        assert_eq!(code, Some(2), "{err}");
         assert!(err.contains("invalid value for '--store <URL>'"), "{err}");
         assert!(!err.contains("secret-pw"), "{bad}: {err}");
         let out = run(&["migrate", "--store", bad]);
         assert!(!stderr(&out).contains("secret-pw"), "{}", stderr(&out));
-        let out = Command::new(crate::support::BIN)
-            .args(["serve", "--rules", rules])
-            .env("HOOKROUTER_STORE", bad)
-            .output()
-            .expect("run");
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{err}");
+        let (code, err) = refused_serve(
+            dir.path(),
+            &["--rules", rules],
+            &[("HOOKROUTER_STORE", bad)],
+        );
+        assert_eq!(code, Some(2), "{err}");
         assert!(!err.contains("secret-pw"), "{bad}: {err}");
     }
 }
