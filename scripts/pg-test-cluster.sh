@@ -10,7 +10,9 @@
 # free loopback port with trust authentication and no fsync of the initdb
 # files, and prints `export HOOKROUTER_TEST_PG=…` and
 # `export HOOKROUTER_PG_DIR=…`. `stop DIR` stops that cluster and deletes the
-# folder. Nothing outside the folder is touched.
+# folder. `halt DIR` stops the server (`-m fast`) and keeps the folder;
+# `resume DIR` starts it again on the same port (tests of a database that
+# goes away use them). Nothing outside the folder is touched.
 set -euo pipefail
 
 pgbin() {
@@ -63,14 +65,37 @@ start() {
         exit 1
     }
     port=$(free_port)
-    as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $dir" start >/dev/null || {
+    echo "$port" >"$dir/port"
+    serve "$bin" "$dir" || {
         cat "$dir/server.log" >&2 || true
         rm -rf "$dir"
         exit 1
     }
     echo "export HOOKROUTER_TEST_PG=postgres://postgres@127.0.0.1:$port/postgres"
     echo "export HOOKROUTER_PG_DIR=$dir"
+}
+
+# Starts the cluster in $2 on the port recorded in it.
+serve() {
+    as_owner "$1/pg_ctl" -D "$2/data" -l "$2/server.log" -w \
+        -o "-c listen_addresses=127.0.0.1 -p $(cat "$2/port") -k $2" start >/dev/null
+}
+
+made_by_start() {
+    case "${1:-}" in
+    */hookrouter-pg.*) [ -d "$1" ] ;;
+    *) false ;;
+    esac
+}
+
+halt() {
+    made_by_start "${1:-}" || { echo "usage: $0 halt DIR" >&2; exit 1; }
+    as_owner "$(pgbin)/pg_ctl" -D "$1/data" -m fast -w stop >/dev/null
+}
+
+resume() {
+    made_by_start "${1:-}" || { echo "usage: $0 resume DIR" >&2; exit 1; }
+    serve "$(pgbin)" "$1" || { cat "$1/server.log" >&2; exit 1; }
 }
 
 stop() {
@@ -93,8 +118,10 @@ stop() {
 case "${1:-}" in
 start) start ;;
 stop) stop "${2:-}" ;;
+halt) halt "${2:-}" ;;
+resume) resume "${2:-}" ;;
 *)
-    echo "usage: $0 start | stop DIR" >&2
+    echo "usage: $0 start | stop DIR | halt DIR | resume DIR" >&2
     exit 2
     ;;
 esac

@@ -198,15 +198,33 @@ async fn handle(req: Request<Incoming>, admin: &Admin, local: Option<SocketAddr>
 
 async fn ready(admin: &Admin) -> Resp {
     let set = admin.rules.load();
+    // A real read, so a database that came back is noticed here without a
+    // webhook having to fail first.
     let store_ok = admin.store.read(|s| s.queue_depth()).await.is_ok() && admin.store.is_writable();
     let ok = store_ok && !set.sources.is_empty();
+    let reason = match (ok, store_ok) {
+        (true, _) => None,
+        (false, false) => Some("store unreachable"),
+        (false, true) => Some("no source loaded"),
+    };
+    let mut body = json!({
+        "ready": ok,
+        "store": store_ok,
+        "store_url": admin.store.describe(),
+        "sources": set.sources.len(),
+        "rules": set.rules.len(),
+        "rules_digest": set.digest(),
+    });
+    if let (Some(reason), Some(map)) = (reason, body.as_object_mut()) {
+        map.insert("reason".to_owned(), json!(reason));
+    }
     http_util::json(
         if ok {
             StatusCode::OK
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        &json!({ "ready": ok, "store": store_ok, "sources": set.sources.len(), "rules": set.rules.len() }),
+        &body,
     )
 }
 
@@ -215,6 +233,12 @@ fn status(admin: &Admin) -> serde_json::Value {
     json!({
         "sources": set.sources.len(),
         "rules": set.rules.len(),
+        "rules_digest": set.digest(),
+        "store": {
+            "engine": admin.store.engine(),
+            "url": admin.store.describe(),
+            "writable": admin.store.is_writable(),
+        },
         "reload": admin.reload.snapshot(),
     })
 }
@@ -224,6 +248,11 @@ async fn metrics(admin: &Admin) -> Resp {
         admin.metrics.set_queue_depth(&depth);
     }
     admin.metrics.set_batches(&admin.store.batch_stats());
+    admin.metrics.set_store(
+        admin.store.engine(),
+        admin.store.commit_latency(),
+        admin.store.pool_status(),
+    );
     let mut resp = Response::new(Full::new(Bytes::from(admin.metrics.render())));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -248,12 +248,15 @@ pub struct ServeArgs {
     /// Where events and deliveries are stored: redb:PATH (one server; the
     /// default, redb: with --data) or postgres://USER@HOST:PORT/DB (any
     /// number of replicas; ?sslmode=require|verify-full uses TLS). With
-    /// postgres://, --data only places the shell actions' files directory.
+    /// postgres://, the shell actions' files directory is hookrouter-files
+    /// in the working directory. --data PATH is short for --store
+    /// redb:PATH, so the two are not given together.
     #[arg(
         long,
         value_name = "URL",
         env = "HOOKROUTER_STORE",
-        hide_env_values = true
+        hide_env_values = true,
+        conflicts_with = "data"
     )]
     pub store: Option<StoreUrl>,
     /// PostgreSQL: how long a delivery's lease lasts unless renewed (it is
@@ -489,5 +492,42 @@ pub fn main() -> ExitCode {
             clap_complete::generate(shell, &mut cmd, "hookrouter", &mut std::io::stdout());
             ExitCode::SUCCESS
         }
+    }
+}
+
+/// `--store` values are parsed by [`StoreUrlParser`] wherever a flag takes a
+/// [`StoreUrl`].
+impl clap::builder::ValueParserFactory for StoreUrl {
+    type Parser = StoreUrlParser;
+
+    fn value_parser() -> Self::Parser {
+        StoreUrlParser
+    }
+}
+
+/// Parses a `--store` value. Its error, unlike clap's usual one, does not
+/// repeat the value: a `postgres://` URL may carry a password.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreUrlParser;
+
+impl clap::builder::TypedValueParser for StoreUrlParser {
+    type Value = StoreUrl;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<StoreUrl, clap::Error> {
+        let name = arg.map_or_else(|| "--store".to_owned(), ToString::to_string);
+        let refuse = |why: &str| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '{name}': {why}"),
+            )
+            .format(&mut cmd.clone())
+        };
+        let text = value.to_str().ok_or_else(|| refuse("not UTF-8"))?;
+        text.parse::<StoreUrl>().map_err(|why| refuse(&why))
     }
 }

@@ -3,7 +3,8 @@
 //! Owns the registry and every metric family: requests by source and status,
 //! verification failures by reason, matches by rule, deliveries and attempts
 //! by action and outcome, queue depth, ingest and action latency, the last
-//! reload, and store commit batch sizes. Encoding is prometheus-client's; the
+//! reload, store commit batch sizes, and the store in use with its commit
+//! latency and (PostgreSQL) connection pool. Encoding is prometheus-client's; the
 //! rest of the crate only calls the `record_*` methods.
 
 use std::fmt;
@@ -18,7 +19,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::rules::ActionType;
-use crate::store::{AttemptOutcome, BatchStats, QueueDepth};
+use crate::store::{
+    AttemptOutcome, BatchStats, COMMIT_LATENCY_BUCKETS, LatencySnapshot, PoolStatus, QueueDepth,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -99,6 +102,104 @@ impl prometheus_client::collector::Collector for BatchCollector {
     }
 }
 
+/// The store's engine, commit latency and (PostgreSQL) pool, copied from
+/// the store at scrape time like the batch sizes.
+#[derive(Debug, Default)]
+struct StoreCollector {
+    state: Mutex<StoreState>,
+}
+
+#[derive(Debug, Default)]
+struct StoreState {
+    engine: &'static str,
+    latency: LatencySnapshot,
+    pool: Option<PoolStatus>,
+}
+
+impl prometheus_client::collector::Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let Ok(state) = self.state.lock() else {
+            return Ok(());
+        };
+        if !state.engine.is_empty() {
+            // An OpenMetrics info: the sample is `hookrouter_store_info{engine} 1`.
+            encoder
+                .encode_descriptor(
+                    "hookrouter_store",
+                    "The store in use, by engine (redb or postgres)",
+                    None,
+                    MetricType::Info,
+                )?
+                .encode_info(&EngineLabels {
+                    engine: state.engine.to_owned(),
+                })?;
+        }
+        let l = &state.latency;
+        let buckets: Vec<(f64, u64)> = COMMIT_LATENCY_BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(l.buckets.iter().copied())
+            .collect();
+        encoder
+            .encode_descriptor(
+                "hookrouter_store_commit_seconds",
+                "Time from handing an event to the store to its durable commit (or duplicate answer)",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                l.sum_seconds,
+                l.count,
+                &buckets,
+                None,
+            )?;
+        if let Some(pool) = state.pool {
+            for (name, help, v) in [
+                (
+                    "hookrouter_store_pool_max_size",
+                    "PostgreSQL: the most connections the pool opens",
+                    pool.max_size,
+                ),
+                (
+                    "hookrouter_store_pool_size",
+                    "PostgreSQL: connections open now",
+                    pool.size,
+                ),
+                (
+                    "hookrouter_store_pool_available",
+                    "PostgreSQL: open connections idle in the pool",
+                    pool.available,
+                ),
+                (
+                    "hookrouter_store_pool_waiting",
+                    "PostgreSQL: callers waiting for a connection",
+                    pool.waiting,
+                ),
+            ] {
+                let g = Gauge::<i64>::default();
+                g.set(i64::try_from(v).unwrap_or(i64::MAX));
+                g.encode(encoder.encode_descriptor(name, help, None, MetricType::Gauge)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct SharedStore(std::sync::Arc<StoreCollector>);
+
+impl prometheus_client::collector::Collector for SharedStore {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        self.0.encode(encoder)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EngineLabels {
+    engine: String,
+}
+
 /// Every metric of one process.
 pub struct Metrics {
     registry: Registry,
@@ -114,6 +215,7 @@ pub struct Metrics {
     reload_ok: Gauge,
     reload_time: Gauge,
     batches: std::sync::Arc<BatchCollector>,
+    store: std::sync::Arc<StoreCollector>,
 }
 
 impl fmt::Debug for Metrics {
@@ -211,6 +313,8 @@ impl Metrics {
         );
         let batches = std::sync::Arc::new(BatchCollector::default());
         registry.register_collector(Box::new(SharedBatches(batches.clone())));
+        let store = std::sync::Arc::new(StoreCollector::default());
+        registry.register_collector(Box::new(SharedStore(store.clone())));
         Metrics {
             registry,
             requests,
@@ -225,6 +329,7 @@ impl Metrics {
             reload_ok,
             reload_time,
             batches,
+            store,
         }
     }
 
@@ -310,6 +415,22 @@ impl Metrics {
     pub fn set_batches(&self, stats: &BatchStats) {
         if let Ok(mut s) = self.batches.stats.lock() {
             *s = *stats;
+        }
+    }
+
+    /// The store's engine, commit latency and pool, as of now.
+    pub fn set_store(
+        &self,
+        engine: &'static str,
+        latency: LatencySnapshot,
+        pool: Option<PoolStatus>,
+    ) {
+        if let Ok(mut s) = self.store.state.lock() {
+            *s = StoreState {
+                engine,
+                latency,
+                pool,
+            };
         }
     }
 

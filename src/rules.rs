@@ -528,6 +528,8 @@ pub struct RuleSet {
     source_by_path: HashMap<String, usize>,
     rule_by_name: HashMap<String, usize>,
     index: Index,
+    /// Short SHA-256 of the rule files it was loaded from; see `digest`.
+    digest: String,
 }
 
 impl RuleSet {
@@ -568,7 +570,31 @@ impl RuleSet {
             source_by_path,
             rule_by_name,
             index,
+            digest: String::new(),
         }
+    }
+
+    /// A short hex SHA-256 of the rule files' texts, in load order, with
+    /// secrets redacted first (so it says nothing about them). Replicas
+    /// serving the same rules show the same digest; empty when the set was
+    /// not loaded from files.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Sets [`RuleSet::digest`] from the texts of the files loaded.
+    pub fn set_digest<'a>(&mut self, texts: impl IntoIterator<Item = &'a str>) {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for text in texts {
+            let text = self.redact(text);
+            // Length-prefixed, so moving text from one file to the next
+            // changes the digest.
+            h.update((text.len() as u64).to_be_bytes());
+            h.update(text.as_bytes());
+        }
+        let full = hex::encode(h.finalize());
+        self.digest = full.get(..16).unwrap_or(&full).to_owned();
     }
 
     pub fn source(&self, name: &str) -> Option<&Source> {

@@ -90,13 +90,17 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, Diagnostics> {
     let files = discover(paths)?;
     let mut diags = Diagnostics::default();
     let mut parsed = Vec::new();
+    let mut texts = Vec::new();
     for file in &files {
         match std::fs::read_to_string(file) {
             Ok(text) => match parse(file, &text) {
-                Ok(config) => parsed.push(compile::ParsedFile {
-                    path: file.clone(),
-                    config,
-                }),
+                Ok(config) => {
+                    parsed.push(compile::ParsedFile {
+                        path: file.clone(),
+                        config,
+                    });
+                    texts.push(text);
+                }
                 Err(d) => diags.errors.push(d),
             },
             Err(e) => diags.errors.push(Diagnostic::new(
@@ -108,7 +112,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded, Diagnostics> {
         }
     }
     match compile::compile(parsed) {
-        Ok((rules, more)) => {
+        Ok((mut rules, more)) => {
+            rules.set_digest(texts.iter().map(String::as_str));
             if diags.has_errors() {
                 diags.warnings.extend(more.warnings);
                 diags.sort();

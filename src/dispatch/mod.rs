@@ -247,6 +247,9 @@ impl Dispatcher {
     /// running actions. Unfinished ones stay leased in the store and are due
     /// again at the next start.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, grace: Duration) {
+        // Lease failures in a row: a store that is down (PostgreSQL away) is
+        // said once, waited out with a growing pause, and its return noted.
+        let mut failures: u32 = 0;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -268,6 +271,10 @@ impl Dispatcher {
             let now = unix_ms(SystemTime::now());
             match self.store.lease(now, room, LEASE_MS).await {
                 Ok(leases) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "Leasing deliveries works again.");
+                        failures = 0;
+                    }
                     let batch = leases.leased;
                     let full = batch.len() == room;
                     self.backlog.store(full, Ordering::Release);
@@ -284,9 +291,15 @@ impl Dispatcher {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "Leasing deliveries failed; retrying in 1s.");
+                    failures = failures.saturating_add(1);
+                    let pause = IDLE * failures.min(5);
+                    if failures == 1 {
+                        tracing::error!(error = %e, "Leasing deliveries failed; retrying until it works.");
+                    } else {
+                        tracing::debug!(error = %e, failures, "Leasing deliveries failed again.");
+                    }
                     tokio::select! {
-                        () = tokio::time::sleep(IDLE) => {}
+                        () = tokio::time::sleep(pause) => {}
                         () = shutdown.cancelled() => break,
                     }
                     continue;

@@ -58,11 +58,29 @@ impl std::str::FromStr for StoreUrl {
             return Ok(StoreUrl::Redb(PathBuf::from(path)));
         }
         if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            super::pg::check_url(s).map_err(|e| e.to_string())?;
+            super::pg::check_url(s).map_err(|e| match e {
+                StoreError::Database(why) => why
+                    .strip_prefix("invalid --store URL: ")
+                    .map_or_else(|| why.clone(), str::to_owned),
+                other => other.to_string(),
+            })?;
             return Ok(StoreUrl::Postgres(s.to_owned()));
         }
         Err("expected redb:PATH or postgres://USER@HOST:PORT/DB".to_owned())
     }
+}
+
+/// The PostgreSQL connection pool at one moment, for `/metrics`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// The most connections it opens.
+    pub max_size: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Open connections idle in the pool.
+    pub available: usize,
+    /// Callers waiting for a connection.
+    pub waiting: usize,
 }
 
 /// Handle to the store. Cheap to clone; clones share one engine.
@@ -109,6 +127,28 @@ impl Store {
         }
     }
 
+    /// Where the store is, as logs and status pages may show it: the redb
+    /// file, or the database without its credentials.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Redb(r) => StoreUrl::Redb(r.inner.path.clone()).describe(),
+            Store::Postgres(p) => p.describe(),
+        }
+    }
+
+    /// The connection pool's state; `None` on redb, which has none.
+    pub fn pool_status(&self) -> Option<PoolStatus> {
+        match self {
+            Store::Redb(_) => None,
+            Store::Postgres(p) => Some(p.pool_status()),
+        }
+    }
+
+    /// Commit latencies since open, for `/metrics`.
+    pub fn commit_latency(&self) -> super::LatencySnapshot {
+        self.shared().commit_latency.snapshot()
+    }
+
     /// Which engine, for status and metrics: `redb` or `postgres`.
     pub fn engine(&self) -> &'static str {
         match self {
@@ -126,9 +166,18 @@ impl Store {
 
     /// See [`RedbStore::commit`].
     pub async fn commit(&self, ev: NewEvent) -> Result<Committed, StoreError> {
-        match self {
+        let started = std::time::Instant::now();
+        let out = match self {
             Store::Redb(r) => r.commit(ev).await,
             Store::Postgres(p) => p.commit(ev).await,
+        };
+        self.timed_commit(started, out.is_ok());
+        out
+    }
+
+    fn timed_commit(&self, started: std::time::Instant, ok: bool) {
+        if ok {
+            self.shared().commit_latency.observe(started.elapsed());
         }
     }
 
@@ -138,10 +187,13 @@ impl Store {
         ev: NewEvent,
         lease_ms: u64,
     ) -> Result<(Committed, Vec<Leased>), StoreError> {
-        match self {
+        let started = std::time::Instant::now();
+        let out = match self {
             Store::Redb(r) => r.commit_leased(ev, lease_ms).await,
             Store::Postgres(p) => p.commit_leased(ev).await,
-        }
+        };
+        self.timed_commit(started, out.is_ok());
+        out
     }
 
     /// See [`RedbStore::lease_due`].

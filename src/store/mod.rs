@@ -19,6 +19,7 @@
 #[cfg(test)]
 mod conformance;
 mod handle;
+mod latency;
 mod migrate;
 mod ops;
 pub mod pg;
@@ -38,7 +39,8 @@ use std::thread::JoinHandle;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use handle::{Store, StoreUrl};
+pub use handle::{PoolStatus, Store, StoreUrl};
+pub use latency::{BUCKETS as COMMIT_LATENCY_BUCKETS, LatencySnapshot};
 pub use pg::{PgOptions, PgStore};
 pub use types::{
     Attempt, AttemptOutcome, BatchStats, CancelOutcome, Committed, DebounceInfo, DebounceSlot,
@@ -149,6 +151,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     /// Why the writer thread ended, once it has.
     stopped: watch::Receiver<Option<String>>,
+    /// The file, as opened, for status pages.
+    path: std::path::PathBuf,
 }
 
 impl Drop for Inner {
@@ -222,6 +226,7 @@ impl RedbStore {
                 shared,
                 writer: Mutex::new(Some(handle)),
                 stopped,
+                path: path.to_path_buf(),
             }),
         })
     }

@@ -121,6 +121,8 @@ pub(super) struct Shared {
     /// lease and its wait) after a commit that created due or soon-due work.
     pub notify: Arc<Notify>,
     pub counters: Counters,
+    /// Time from a commit's request to its answer, on either engine.
+    pub commit_latency: super::latency::CommitLatency,
     /// The running rules' reactions, for the follow-ups the store decides
     /// itself (expiry, cancel, a delivery that could not be planned).
     pub follow_ups: std::sync::RwLock<Option<Arc<dyn FollowUps>>>,

@@ -33,6 +33,7 @@
 //! | `kill -9` during a stream of events, a few times over | `soak.rs` |
 //! | the PostgreSQL store: one server, two replicas, `migrate` | `postgres.rs` |
 //! | the console in headless Chromium: login, live rows, replay, hostile data, CSP, CSRF, axe | `browser.rs` |
+//! | store faults: PostgreSQL stopped, a replica `kill -9`ed, `--store` refusals, status and metrics of the store | `pg_faults.rs` |
 //!
 //! Helpers shared by these files (starting the server, signed requests,
 //! the receiver that stands in for services) are in `support/`.
@@ -55,6 +56,7 @@ mod hostile;
 mod liveness;
 mod log_fields;
 mod logging;
+mod pg_faults;
 mod postgres;
 mod providers;
 mod reload;

@@ -66,7 +66,7 @@ impl Drop for Schema {
     }
 }
 
-fn psql(url: &str, sql: &str) -> String {
+pub(crate) fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([url, "-XAtqc", sql])
         .output()

@@ -19,7 +19,7 @@ use super::{DELIVERY_COLS, PgStore, col, db_err, decode_delivery, to_db};
 use crate::store::StoreError;
 use crate::store::ops::KeyGen;
 use crate::store::types::{
-    Committed, DeliveryRecord, DeliveryState, Leased, NewDelivery, NewEvent, Reply,
+    Committed, DeliveryId, DeliveryRecord, DeliveryState, Leased, NewDelivery, NewEvent, Reply,
 };
 
 /// Commits that may wait for the committer before senders wait too.
@@ -71,13 +71,24 @@ pub(super) async fn run(
                 if wake {
                     store.wake_all(&client).await;
                 }
+                let mut unclaimed = Vec::new();
                 for (req, answer) in batch.into_iter().zip(answers) {
-                    let _ = req.reply.send(Ok(answer));
+                    if let Err(Ok((_, leased))) = req.reply.send(Ok(answer)) {
+                        // The caller gave up (timed out or went away): no
+                        // one will run what was leased for it.
+                        unclaimed.extend(leased.into_iter().map(|l| l.delivery.id));
+                    }
+                }
+                if !unclaimed.is_empty() {
+                    store.unlease(&unclaimed).await;
                 }
             }
             Err(e) => {
+                // Never retried here: after a lost connection the commit may
+                // have landed, and only the sender's retry, meeting the dedup
+                // key, can tell; a second insert by this task could not.
                 store.shared().counters.failed();
-                tracing::warn!(error = %e, events = n, "Commit to PostgreSQL failed.");
+                tracing::warn!(error = %e, events = n, "Commit to PostgreSQL failed; answering 503.");
                 for req in batch {
                     let _ = req.reply.send(Err(StoreError::Database(e.to_string())));
                 }
@@ -351,16 +362,66 @@ impl PgStore {
         }
         .ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
-        sender
-            .send(Request {
-                ev,
-                row,
-                leased,
-                reply,
+        // The wait for the committer counts against `--store-timeout` too: a
+        // database slower than that is answered 503 whatever the reason. An
+        // event committed after the caller gave up is found by its retry as
+        // a duplicate; what was leased for it is let go (see `run`).
+        let waited = tokio::time::timeout(self.inner.opts.timeout, async {
+            sender
+                .send(Request {
+                    ev,
+                    row,
+                    leased,
+                    reply,
+                })
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+        .await;
+        match waited {
+            Ok(out) => out,
+            Err(_) => Err(StoreError::Database(format!(
+                "no commit within {}",
+                humantime::format_duration(self.inner.opts.timeout)
+            ))),
+        }
+    }
+
+    /// Hands back leases this replica took for deliveries it will not run:
+    /// they are due again at once, for any replica. Should this fail, the
+    /// leases simply run out.
+    async fn unlease(&self, ids: &[DeliveryId]) {
+        let tokens: Vec<(i64, String)> = {
+            let mut held = self.held();
+            ids.iter()
+                .filter_map(|id| held.remove(id).map(|t| (to_db(*id), t)))
+                .collect()
+        };
+        if tokens.is_empty() {
+            return;
+        }
+        let (ids, tokens): (Vec<i64>, Vec<String>) = tokens.into_iter().unzip();
+        let out = self
+            .run(async {
+                let client = self.client().await?;
+                client
+                    .execute(
+                        "UPDATE hookrouter_deliveries d SET state = 'pending',
+                           lease_token = NULL, lease_until_ms = NULL
+                         FROM unnest($1::bigint[], $2::text[]) AS h(id, token)
+                         WHERE d.id = h.id AND d.lease_token = h.token AND d.state = 'leased'",
+                        &[&ids, &tokens],
+                    )
+                    .await
+                    .map_err(db_err)?;
+                self.wake_all(&client).await;
+                Ok(())
             })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+            .await;
+        if let Err(e) = out {
+            tracing::debug!(error = %e, "Cannot hand back unclaimed leases; they run out instead.");
+        }
     }
 }
 

@@ -80,21 +80,41 @@ impl PgStore {
         follow_ups: Vec<NewDelivery>,
     ) -> Result<Vec<DeliveryId>, StoreError> {
         let token = self.held().get(&delivery).cloned();
-        let out = self
-            .run(finish(
-                self,
-                delivery,
-                token.as_deref(),
-                attempt,
-                next,
-                follow_ups,
-            ))
-            .await;
-        if out.is_ok() {
-            let mut held = self.held();
-            if held.get(&delivery) == token.as_ref() {
-                held.remove(&delivery);
+        // The action has run: losing its outcome to a database outage would
+        // leave the lease renewed for ever and the delivery never finished.
+        // So a finish the database could not take is tried again until it
+        // can (the token makes a repeat harmless: once one landed, or the
+        // lease was taken over, the next changes nothing), or until the
+        // store closes.
+        let mut pause = Duration::from_millis(200);
+        let out = loop {
+            let out = self
+                .run(finish(
+                    self,
+                    delivery,
+                    token.as_deref(),
+                    attempt.clone(),
+                    next,
+                    follow_ups.clone(),
+                ))
+                .await;
+            match out {
+                Err(StoreError::Database(e)) if !self.inner.stop.is_cancelled() => {
+                    tracing::warn!(delivery, error = %e, "Cannot record a finished delivery yet; trying again.");
+                    tokio::select! {
+                        () = self.inner.stop.cancelled() => break Err(StoreError::Database(e)),
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                out => break out,
             }
+        };
+        // Done, or given up: either way this replica stops renewing the
+        // lease, so an unrecorded run is taken over once it runs out.
+        let mut held = self.held();
+        if held.get(&delivery) == token.as_ref() {
+            held.remove(&delivery);
         }
         out
     }

@@ -76,6 +76,8 @@ impl std::fmt::Debug for PgStore {
 struct Inner {
     pool: Pool,
     opts: PgOptions,
+    /// The database without credentials, for status pages.
+    described: String,
     /// To the committer task; `None` once closed.
     commits: Mutex<Option<mpsc::Sender<commit::Request>>>,
     shared: Arc<Shared>,
@@ -109,6 +111,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 opts,
+                described: super::StoreUrl::Postgres(url.to_owned()).describe(),
                 commits: Mutex::new(Some(tx)),
                 shared: Arc::new(Shared::default()),
                 held: Mutex::new(HashMap::new()),
@@ -137,6 +140,22 @@ impl PgStore {
 
     pub(in crate::store) fn shared(&self) -> &Shared {
         &self.inner.shared
+    }
+
+    /// The database, without credentials.
+    pub fn describe(&self) -> String {
+        self.inner.described.clone()
+    }
+
+    /// The pool's size, idle connections and waiting callers.
+    pub fn pool_status(&self) -> super::PoolStatus {
+        let s = self.inner.pool.status();
+        super::PoolStatus {
+            max_size: s.max_size,
+            size: s.size,
+            available: s.available,
+            waiting: s.waiting,
+        }
     }
 
     fn lease_ttl_ms(&self) -> i64 {

@@ -75,11 +75,20 @@ impl Server {
             .arg("--rules")
             .arg(&opts.rules)
             .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data")
-            .arg(&opts.data)
-            .args(&opts.args)
-            .current_dir(root())
+            .arg("127.0.0.1:0");
+        // `--store` and `--data` are refused together. A server given
+        // `--store` runs in the data file's folder instead, which then holds
+        // its shell actions' files directory.
+        let dir = if opts.args.iter().any(|a| a == "--store") {
+            opts.data
+                .parent()
+                .map_or_else(root, std::path::Path::to_path_buf)
+        } else {
+            cmd.arg("--data").arg(&opts.data);
+            root()
+        };
+        cmd.args(&opts.args)
+            .current_dir(dir)
             .env_remove("HOOKROUTER_RULES")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
