@@ -29,6 +29,7 @@
 //! | `kill -9` right after a 202 and mid-burst | `crash.rs` |
 //! | `kill -9` during a stream of events, a few times over | `soak.rs` |
 //! | the PostgreSQL store: one server, two replicas, `migrate` | `postgres.rs` |
+//! | `migrate --from redb:…`: a redb queue copied, then run on PostgreSQL | `pg_migrate.rs` |
 //!
 //! Helpers shared by these files (starting the server, signed requests,
 //! the receiver that stands in for services) are in `support/`.
@@ -48,6 +49,7 @@ mod hostile;
 mod liveness;
 mod log_fields;
 mod logging;
+mod pg_migrate;
 mod postgres;
 mod providers;
 mod reload;

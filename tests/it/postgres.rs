@@ -16,7 +16,7 @@ const SECRET: &str = "pg-secret";
 const WAIT: Duration = Duration::from_secs(20);
 
 /// The test server's URL, or `None` (after saying so) to skip.
-fn test_pg() -> Option<String> {
+pub(crate) fn test_pg() -> Option<String> {
     match std::env::var("HOOKROUTER_TEST_PG") {
         Ok(url) if !url.is_empty() => Some(url),
         _ => {
@@ -32,13 +32,13 @@ fn test_pg() -> Option<String> {
 
 /// A schema of its own, made and dropped with `psql` (it comes with the
 /// server's packages).
-struct Schema {
+pub(crate) struct Schema {
     admin: String,
     name: String,
 }
 
 impl Schema {
-    fn create(admin: &str) -> Schema {
+    pub(crate) fn create(admin: &str) -> Schema {
         let name = unique("hr_it").replace('-', "_").to_lowercase();
         psql(admin, &format!("CREATE SCHEMA {name}"));
         Schema {
@@ -47,7 +47,7 @@ impl Schema {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         let sep = if self.admin.contains('?') { '&' } else { '?' };
         format!("{}{sep}options=-csearch_path%3D{}", self.admin, self.name)
     }
@@ -62,7 +62,7 @@ impl Drop for Schema {
     }
 }
 
-fn psql(url: &str, sql: &str) -> String {
+pub(crate) fn psql(url: &str, sql: &str) -> String {
     let out = Command::new("psql")
         .args([url, "-XAtqc", sql])
         .output()

@@ -13,6 +13,7 @@
 
 mod commit;
 mod connect;
+pub mod import;
 mod lease;
 pub(crate) mod migrate;
 mod read;
