@@ -46,10 +46,10 @@ log "PostgreSQL at $PG_URL ($(psql "$PG_URL" -XAtqc 'SHOW server_version'), fsyn
 # A fresh schema per measurement, as redb gets a fresh file: tables that
 # grew in an earlier round would make later rounds slower.
 fresh_schema() {
-    psql "$PG_URL" -XAtqc "DROP SCHEMA IF EXISTS $1 CASCADE; CREATE SCHEMA $1" >/dev/null
+    PGOPTIONS=-cclient_min_messages=warning psql "$PG_URL" -XAtqc "DROP SCHEMA IF EXISTS $1 CASCADE; CREATE SCHEMA $1" >/dev/null
     echo "$PG_URL?options=-csearch_path%3D$1"
 }
-drop_schema() { psql "$PG_URL" -XAtqc "DROP SCHEMA IF EXISTS $1 CASCADE" >/dev/null; }
+drop_schema() { PGOPTIONS=-cclient_min_messages=warning psql "$PG_URL" -XAtqc "DROP SCHEMA IF EXISTS $1 CASCADE" >/dev/null; }
 
 # start_replica PORT ADMIN URL TAG: hookrouter on PostgreSQL; pid in LAST_PID.
 start_replica() {
@@ -93,10 +93,27 @@ SELECT key, 'pending', 0, 0, '{"rule":"push-main","action":0,"kind":"log","list"
 COMMIT;
 EOF
 
-# run_insert_limit URL BATCH: events/s of the bare loop for WRK_SECS.
+# Diagnostic: the same rows and batching, one statement per row and table
+# (three round trips per event), as hookrouter's committer sends them.
+# write_row_script BATCH writes it to $WORK/insert-rows.sql.
+write_row_script() {
+    local i f="$WORK/insert-rows.sql"
+    printf 'BEGIN;\nSET LOCAL synchronous_commit = on;\n' >"$f"
+    for i in $(seq 1 "$1"); do
+        cat >>"$f" <<EOF
+\set r$i random(1, 1000000000000000)
+INSERT INTO hookrouter_dedup (key, event_key, until_ms) VALUES (convert_to('k' || :r$i, 'UTF8'), 'k' || :r$i, 9000000000000) ON CONFLICT (key) DO NOTHING RETURNING 1;
+INSERT INTO hookrouter_events (key, received_ms, dedup_key, row_json) VALUES ('k' || :r$i, 0, convert_to('k' || :r$i, 'UTF8'), convert_to(repeat('x', $PAYLOAD_BYTES + 300), 'UTF8'));
+INSERT INTO hookrouter_deliveries (event_key, state, due_at_ms, created_ms, record) VALUES ('k' || :r$i, 'pending', 0, 0, '{"rule":"push-main","action":0,"kind":"log","list":"actions"}'::json) RETURNING id;
+EOF
+    done
+    printf 'COMMIT;\n' >>"$f"
+}
+
+# run_insert_limit URL BATCH [SCRIPT]: events/s of the bare loop for WRK_SECS.
 run_insert_limit() {
-    local url=$1 batch=$2 tps
-    tps=$(pgbench -n -c1 -j1 -T "$WRK_SECS" -f "$WORK/insert.sql" -D batch="$batch" "$url" 2>&1 |
+    local url=$1 batch=$2 script=${3:-$WORK/insert.sql} tps
+    tps=$(pgbench -n -c1 -j1 -T "$WRK_SECS" -f "$script" -D batch="$batch" "$url" 2>&1 |
         sed -n 's/^tps = \([0-9.]*\) .*/\1/p')
     [[ -n $tps ]] || die "pgbench printed no tps"
     awk -v t="$tps" -v b="$batch" 'BEGIN { printf "%.1f", t * b }'
@@ -170,6 +187,13 @@ for round in $(seq 1 "$ROUNDS"); do
     record pg-insert-limit "BENCH expected_rps=$rate batch=$B"
     drop_schema "bench_r${round}_limit"
     sleep 1
+    URL=$(fresh_schema "bench_r${round}_rows")
+    "$HOOKROUTER" migrate --store "$URL" >/dev/null
+    write_row_script "$B"
+    rate=$(run_insert_limit "$URL" "$B" "$WORK/insert-rows.sql")
+    record pg-insert-rows "BENCH expected_rps=$rate batch=$B"
+    drop_schema "bench_r${round}_rows"
+    sleep 1
 
     # Two replicas on one database, the load split between them.
     URL=$(fresh_schema "bench_r${round}_two")
@@ -194,6 +218,7 @@ REDB=$(med redb)
 ONE=$(med pg-one)
 LIM=$(med pg-insert-limit)
 TWO=$(med pg-two)
+ROWS=$(med pg-insert-rows)
 echo
 echo "pg: wrk -t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECS}s (two replicas: two wrk -t1 -c$((WRK_CONNS / 2)) at once), $ROUNDS rounds, ${PAYLOAD_BYTES}-byte signed push, log action, --log-level warn"
 echo "load average at start of each measurement: $(cut -f3 "$RESULTS" | tr '\n' ' ')"
@@ -202,10 +227,12 @@ printf '%-46s %10.0f %12s\n' "hookrouter on redb" "$REDB" "$(bad redb)"
 printf '%-46s %10.0f %12s\n' "hookrouter on PostgreSQL, one replica" "$ONE" "$(bad pg-one)"
 printf '%-46s %10.0f %12s\n' "hookrouter on PostgreSQL, two replicas" "$TWO" "$(bad pg-two)"
 printf '%-46s %10.0f\n' "bare INSERT ... ON CONFLICT loop, same batch" "$LIM"
+printf '%-46s %10.0f\n' "diag: the same, one statement per row" "$ROWS"
 echo
 printf '%-40s %6s\n' "PostgreSQL one replica / redb" "$(ratio "$ONE" "$REDB")"
 printf '%-40s %6s\n' "PostgreSQL one replica / INSERT limit" "$(ratio "$ONE" "$LIM")"
 printf '%-40s %6s\n' "two replicas / one replica" "$(ratio "$TWO" "$ONE")"
+printf '%-40s %6s\n' "diag: one replica / per-row statements" "$(ratio "$ONE" "$ROWS")"
 echo
 echo "per round:"
 while IFS=$'\t' read -r r s l line; do
