@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Ingest throughput: hookrouter's durable ingest against adnanh/webhook (the
-# peer) and a bare hyper + hmac + serde_json server (the limit), in one run,
-# alternating the systems round by round. See bench/README.md.
+# peer), a bare hyper + hmac + serde_json server (the limit) and the same
+# with a group-committed, fdatasync'd append of each body (the durable
+# limit), in one run, alternating the systems round by round. See
+# bench/README.md.
 #
 # usage: bench/ingest.sh            (ROUNDS=3 WRK_SECS=6 by default)
 #        ROUNDS=5 KEEP_WORK=1 bench/ingest.sh
@@ -15,10 +17,12 @@ HR_PORT=$((BASE_PORT + 1))
 EXEC_PORT=$((BASE_PORT + 2))
 REJECT_PORT=$((BASE_PORT + 3))
 LIMIT_PORT=$((BASE_PORT + 4))
+DURABLE_PORT=$((BASE_PORT + 5))
 HR_URL="http://127.0.0.1:$HR_PORT/hooks/github"
 EXEC_URL="http://127.0.0.1:$EXEC_PORT/hooks/deploy"
 REJECT_URL="http://127.0.0.1:$REJECT_PORT/hooks/deploy"
 LIMIT_URL="http://127.0.0.1:$LIMIT_PORT/hooks/github"
+DURABLE_URL="http://127.0.0.1:$DURABLE_PORT/hooks/github"
 
 make_work ingest
 
@@ -60,7 +64,7 @@ sed -e 's|\$.ref: refs/heads/main|$.ref: refs/heads/never|' -e '/^tests:/,$d' \
 grep -q 'refs/heads/never' "$WORK/rules/github-nomatch.yaml" || die "could not write the no-match rules"
 log "payload: $PAYLOAD_BYTES bytes, $SIGNATURE"
 
-for p in $HR_PORT $EXEC_PORT $REJECT_PORT $LIMIT_PORT; do
+for p in $HR_PORT $EXEC_PORT $REJECT_PORT $LIMIT_PORT $DURABLE_PORT; do
     port_free "$p" || die "port $p is taken; set BASE_PORT"
 done
 
@@ -71,6 +75,10 @@ start_bg "$WORK/peer-reject.log" webhook -hooks "$BENCH_DIR/peer/hooks-reject.ya
 REJECT_PID=$LAST_PID
 start_bg "$WORK/limit.log" "$LIMIT" --listen "127.0.0.1:$LIMIT_PORT" --secret "$SECRET"
 LIMIT_PID=$LAST_PID
+# Its append file is in $WORK, on the disk hookrouter's data file is on.
+start_bg "$WORK/limit-durable.log" "$LIMIT" --listen "127.0.0.1:$DURABLE_PORT" --secret "$SECRET" --durable "$WORK/durable-append.bin"
+DURABLE_PID=$LAST_PID
+wait_port "$DURABLE_PORT"
 wait_port "$EXEC_PORT"
 wait_port "$REJECT_PORT"
 wait_port "$LIMIT_PORT"
@@ -87,6 +95,7 @@ grep -q 'satisfied' "$WORK/curl.body" && die "peer-exec did not run its command"
 expect_status peer-reject "$REJECT_URL" 200
 grep -q 'Hook rules were not satisfied' "$WORK/curl.body" || die "peer-reject did not take its reject path"
 expect_status limit "$LIMIT_URL" 202
+expect_status limit-durable "$DURABLE_URL" 202
 
 RESULTS="$WORK/results.tsv"
 : >"$RESULTS"
@@ -103,7 +112,7 @@ measure() {
     log "round $round  $(printf '%-18s' "$name") $(field expected_rps "$line") req/s  (unexpected=$(field unexpected "$line"), socket_errors=$(field socket_errors "$line"), statuses=$(field statuses "$line"), p99=$(field p99_ms "$line")ms, busy ${tail}s after wrk, load=$load)"
 }
 
-SYSTEMS=(hookrouter hookrouter-info peer-reject peer-exec limit hookrouter-nomatch)
+SYSTEMS=(hookrouter hookrouter-info peer-reject peer-exec limit limit-durable hookrouter-nomatch)
 for round in $(seq 1 "$ROUNDS"); do
     for sys in "${SYSTEMS[@]}"; do
         case $sys in
@@ -125,6 +134,7 @@ for round in $(seq 1 "$ROUNDS"); do
         peer-reject) measure "$sys" "$REJECT_URL" 200 "$REJECT_PID" ;;
         peer-exec) measure "$sys" "$EXEC_URL" 200 "$EXEC_PID" ;;
         limit) measure "$sys" "$LIMIT_URL" 202 "$LIMIT_PID" ;;
+        limit-durable) measure "$sys" "$DURABLE_URL" 202 "$DURABLE_PID" ;;
         esac
         sleep 1
     done
@@ -140,6 +150,7 @@ HRI=$(med hookrouter-info)
 REJ=$(med peer-reject)
 EXE=$(med peer-exec)
 LIM=$(med limit)
+DUR=$(med limit-durable)
 NOM=$(med hookrouter-nomatch)
 echo
 echo "ingest: wrk -t$WRK_THREADS -c$WRK_CONNS -d${WRK_SECS}s, $ROUNDS rounds, ${PAYLOAD_BYTES}-byte signed push, unique X-GitHub-Delivery"
@@ -150,12 +161,15 @@ printf '%-34s %10.0f %12s %11ss\n' "hookrouter durable (log info)" "$HRI" "$(bad
 printf '%-34s %10.0f %12s %11ss\n' "adnanh/webhook reject path" "$REJ" "$(bad peer-reject)" "$(tail_med peer-reject)"
 printf '%-34s %10.0f %12s %11ss\n' "adnanh/webhook exec path" "$EXE" "$(bad peer-exec)" "$(tail_med peer-exec)"
 printf '%-34s %10.0f %12s %11ss\n' "bare limit (hyper+hmac+serde_json)" "$LIM" "$(bad limit)" "$(tail_med limit)"
+printf '%-34s %10.0f %12s %11ss\n' "durable limit (+ fdatasync'd append)" "$DUR" "$(bad limit-durable)" "$(tail_med limit-durable)"
 printf '%-34s %10.0f %12s %11ss\n' "diag: hookrouter, no rule matches" "$NOM" "$(bad hookrouter-nomatch)" "$(tail_med hookrouter-nomatch)"
 echo
 printf '%-40s %6s %6s\n' ratio "warn" "info"
 printf '%-40s %6s %6s\n' "hookrouter / peer-reject" "$(ratio "$HR" "$REJ")" "$(ratio "$HRI" "$REJ")"
 printf '%-40s %6s %6s\n' "hookrouter / peer-exec" "$(ratio "$HR" "$EXE")" "$(ratio "$HRI" "$EXE")"
 printf '%-40s %6s %6s\n' "hookrouter / limit" "$(ratio "$HR" "$LIM")" "$(ratio "$HRI" "$LIM")"
+printf '%-40s %6s %6s\n' "hookrouter / durable limit" "$(ratio "$HR" "$DUR")" "$(ratio "$HRI" "$DUR")"
+printf '%-40s %6s\n' "durable limit / limit" "$(ratio "$DUR" "$LIM")"
 printf '%-40s %6s\n' "diag: hookrouter no-match / peer-reject" "$(ratio "$NOM" "$REJ")"
 printf '%-40s %6s\n' "diag: hookrouter no-match / limit" "$(ratio "$NOM" "$LIM")"
 echo

@@ -52,9 +52,9 @@ pub enum Command {
         after_help = "Example:\n  hookrouter serve --rules rules/ --listen 127.0.0.1:9000 --data /var/lib/hookrouter/hookrouter.redb"
     )]
     Serve(ServeArgs),
-    /// Create or upgrade the store's schema, then exit (serve does it too).
+    /// Create or upgrade the store's schema, then exit (serve does it too); or copy a redb file's queue into PostgreSQL.
     #[command(
-        after_help = "Example:\n  hookrouter migrate --store postgres://hookrouter@db.internal:5432/hookrouter"
+        after_help = "Examples:\n  hookrouter migrate --store postgres://hookrouter@db.internal:5432/hookrouter\n  hookrouter migrate --from redb:/var/lib/hookrouter/hookrouter.redb \\\n      --to postgres://hookrouter@db.internal:5432/hookrouter\n\nThe copy takes every event, the unfinished deliveries (with their attempts,\ndue times and attempt counts) and the live dedup keys; finished deliveries\nstay in the file. Stop the server first: the file is refused while one holds\nit. Running it again copies nothing twice."
     )]
     Migrate(MigrateArgs),
     /// Load and compile rules and run their embedded tests; no network, no data file.
@@ -360,9 +360,16 @@ pub struct MigrateArgs {
         long,
         value_name = "URL",
         env = "HOOKROUTER_STORE",
-        hide_env_values = true
+        hide_env_values = true,
+        required_unless_present = "from"
     )]
-    pub store: StoreUrl,
+    pub store: Option<StoreUrl>,
+    /// Copy this redb file's queue (redb:PATH) into --to, instead of --store.
+    #[arg(long, value_name = "redb:PATH", requires = "to")]
+    pub from: Option<StoreUrl>,
+    /// The PostgreSQL database --from is copied into (its schema is applied first).
+    #[arg(long, value_name = "URL", requires = "from")]
+    pub to: Option<StoreUrl>,
     /// The most a call to the database may take.
     #[arg(long, value_name = "DURATION", env = "HOOKROUTER_STORE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub store_timeout: std::time::Duration,
@@ -475,7 +482,11 @@ pub fn main() -> ExitCode {
         Command::Cancel(a) => {
             inspect::cancel(&a.store.target(), &a.key, a.rule.as_deref(), a.store.json)
         }
-        Command::Migrate(a) => migrate::run(&a.store, a.store_timeout),
+        Command::Migrate(a) => match (&a.from, &a.to, &a.store) {
+            (Some(from), Some(to), _) => migrate::copy(from, to, a.store_timeout),
+            (_, _, Some(store)) => migrate::run(store, a.store_timeout),
+            _ => cmd::usage_error("pass --store URL, or --from redb:PATH --to postgres://…"),
+        },
         Command::Sign(a) => sign::run(&sign::Options {
             provider: a.provider,
             secret: a.secret,

@@ -34,6 +34,7 @@
 //! | the PostgreSQL store: one server, two replicas, `migrate` | `postgres.rs` |
 //! | the console in headless Chromium: login, live rows, replay, hostile data, CSP, CSRF, axe | `browser.rs` |
 //! | store faults: PostgreSQL stopped, a replica `kill -9`ed, `--store` refusals, status and metrics of the store | `pg_faults.rs` |
+//! | `migrate --from redb:…`: a redb queue copied, then run on PostgreSQL | `pg_migrate.rs` |
 //!
 //! Helpers shared by these files (starting the server, signed requests,
 //! the receiver that stands in for services) are in `support/`.
@@ -57,6 +58,7 @@ mod liveness;
 mod log_fields;
 mod logging;
 mod pg_faults;
+mod pg_migrate;
 mod postgres;
 mod providers;
 mod reload;

@@ -15,6 +15,7 @@
 mod commit;
 mod connect;
 mod decide;
+pub mod import;
 mod lease;
 pub(crate) mod migrate;
 mod read;
