@@ -1618,6 +1618,33 @@ async fn a_group_key_that_did_not_render_makes_a_dead_delivery_with_on_failure()
     assert_eq!(depth(&store).dead, 1);
 }
 
+/// A group's head made due when room appeared, then cancelled by hand
+/// before it was leased, hands its turn to the next waiting member rather
+/// than leaving it waiting for a run that will never finish.
+#[tokio::test]
+async fn cancelling_a_group_head_made_due_hands_its_turn_on() {
+    use crate::rules::OnBusy::Queue;
+    let dir = tempdir();
+    let store = open(dir.path());
+    let a = one(&store, "a", 1_000, grouped("1", Queue)).await;
+    let b = one(&store, "b", 1_001, grouped("1", Queue)).await;
+    let c = one(&store, "c", 1_002, grouped("1", Queue)).await;
+    assert_eq!(leased_ids(&store, 2_000).await, (vec![a], vec![]));
+    assert_eq!(leased_ids(&store, 2_000).await, (vec![], vec![]));
+    // A leaves its slot: B, the head, is made due but not leased yet.
+    store
+        .finish(a, attempt(2_100, "ok", None), Next::Done)
+        .await
+        .expect("finish");
+    let key_b = record(&store, b).event_key;
+    store
+        .cancel_event(&key_b, None, "by hand")
+        .await
+        .expect("cancel");
+    assert_eq!(record(&store, b).state, DeliveryState::Cancelled);
+    assert_eq!(leased_ids(&store, 2_200).await, (vec![c], vec![]));
+}
+
 #[tokio::test]
 async fn cancel_by_group_key_and_a_cancel_that_finds_nothing() {
     use crate::rules::OnBusy::Queue;

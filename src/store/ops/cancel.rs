@@ -10,7 +10,7 @@ use redb::ReadableTable;
 use super::super::StoreError;
 use super::super::schema::{WriteTables, decode_event_keys, delivery_ids_of, load_delivery};
 use super::super::types::{CancelOutcome, DeliveryId, DeliveryRecord, DeliveryState};
-use super::{Effects, Indexed, create_delivery, end};
+use super::{Effects, Indexed, create_delivery, end, promote};
 use crate::rules::ActionList;
 
 /// Creates `rule`'s `on_cancel` deliveries for the event, unless the event
@@ -85,6 +85,11 @@ fn cancel_each(
             _ => {
                 rec.cancel = Some(reason.to_owned());
                 end(t, &mut rec, DeliveryState::Cancelled, fx)?;
+                // It may have been its group's head, made due when room
+                // appeared: the next waiting member takes its turn, as on
+                // expiry. When it was not, the head is only looked at once
+                // more.
+                promote(t, &rec, fx)?;
             }
         }
         out.cancelled += 1;
