@@ -119,8 +119,8 @@ impl Paced {
         }
     }
 
-    fn find(&self, p: &Arc<Pacing>) -> Option<usize> {
-        self.rules.iter().position(|r| Arc::ptr_eq(&r.pacing, p))
+    fn find(&mut self, p: &Arc<Pacing>) -> Option<&mut Decided> {
+        self.rules.iter_mut().find(|r| Arc::ptr_eq(&r.pacing, p))
     }
 
     /// The plan of delivery `d`: decided once per rule (its deliveries share
@@ -136,18 +136,17 @@ impl Paced {
                 now: true,
             });
         };
-        let i = match self.find(p) {
-            Some(i) => i,
-            None => {
-                let decided = admit(txn, p, self.at).await?;
-                self.rules.push(decided);
-                self.rules.len() - 1
-            }
+        if self.find(p).is_none() {
+            let decided = admit(txn, p, self.at).await?;
+            self.rules.push(decided);
+        }
+        let at = self.at;
+        let Some(r) = self.find(p) else {
+            return Err(StoreError::Internal("a rule's pacing was not decided"));
         };
-        let r = &self.rules[i];
         Ok(Plan {
             due_ms: r.due_ms,
-            now: r.dropped.is_none() && r.due_ms <= self.at,
+            now: r.dropped.is_none() && r.due_ms <= at,
         })
     }
 
@@ -159,13 +158,12 @@ impl Paced {
         d: &NewDelivery,
         rec: &mut DeliveryRecord,
     ) -> Result<(), StoreError> {
-        let Some(i) = d.pacing.as_ref().and_then(|p| self.find(p)) else {
-            return Ok(());
-        };
         if rec.state.is_final() {
             return Ok(());
         }
-        let r = &mut self.rules[i];
+        let Some(r) = d.pacing.as_ref().and_then(|p| self.find(p)) else {
+            return Ok(());
+        };
         if let Some(why) = &r.dropped {
             txn.execute(
                 "UPDATE hookrouter_deliveries SET state = 'dropped', last_error = $2,
