@@ -1255,3 +1255,46 @@ async fn bursts_and_budgets_hold_across_replicas() {
         .count();
     assert_eq!((kept, dropped), (3, 5), "{states:?}");
 }
+
+/// `migrate --from redb` carries bursts and budgets over: a burst waiting
+/// in the file goes on in PostgreSQL, and a drop budget keeps its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_from_redb_keeps_bursts_and_budgets() {
+    let Some(admin) = test_pg() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    let t = clock::now_ms() - 60_000;
+    let burst = debounced("pr", 10_000, 60_000);
+    let budget = limited(2, 3_600_000, crate::rules::Over::Drop);
+    {
+        let s = Store::open(&path).expect("open redb");
+        accepted(&s, paced("d1", t, &burst)).await;
+        accepted(&s, paced("d2", t + 100, &burst)).await;
+        accepted(&s, paced("b1", t, &budget)).await;
+        s.close().await.expect("close");
+    }
+    let db = PgSchema::create(&admin).await;
+    pg::import::import_redb(&path, &db.url, Duration::from_secs(10))
+        .await
+        .expect("import");
+    let s = Store::Postgres(
+        PgStore::open(&db.url, PgOptions::default())
+            .await
+            .expect("open postgres"),
+    );
+    let (k3, _) = accepted(&s, paced("d3", t + 200, &burst)).await;
+    let d = only_delivery(&s, &k3).await;
+    assert_eq!(d.debounce.map(|i| (i.count, i.first_ms)), Some((3, t)));
+    let depth = s.read(|s| s.queue_depth()).await.expect("depth");
+    assert_eq!(depth.coalesced, 1, "the copied waiting delivery coalesced");
+    let (k, _) = accepted(&s, paced("b2", t + 1, &budget)).await;
+    assert_eq!(only_delivery(&s, &k).await.state, DeliveryState::Pending);
+    let (k, _) = accepted(&s, paced("b3", t + 2, &budget)).await;
+    assert_eq!(
+        only_delivery(&s, &k).await.state,
+        DeliveryState::Dropped,
+        "the count from the file holds"
+    );
+}
