@@ -107,12 +107,6 @@ async fn serve(args: &Config, loaded: config::Loaded) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let StoreUrl::Postgres(_) = &args.store
-        && let Some(why) = bursts_on_postgres(&loaded.rules)
-    {
-        tracing::error!(store = %args.store.describe(), "Cannot serve these rules on PostgreSQL yet: {why}.");
-        return ExitCode::from(2);
-    }
     let opts = PgOptions {
         lease_ttl: args.lease_ttl,
         timeout: args.store_timeout,
@@ -429,21 +423,4 @@ fn raise_open_files_limit() {
     {
         tracing::debug!(error = %e, "Cannot raise the open-file limit.");
     }
-}
-
-/// The first rule using `delay:`, `debounce:` or `limit:`, which the
-/// PostgreSQL store does not decide yet, so a server refuses to start
-/// rather than run every event at once.
-fn bursts_on_postgres(rules: &crate::rules::RuleSet) -> Option<String> {
-    rules.rules.iter().find_map(|r| {
-        let c = r.controls.as_ref()?;
-        let field = if c.debounce.is_some() {
-            "debounce:"
-        } else if !c.limits.is_empty() {
-            "limit:"
-        } else {
-            "delay:"
-        };
-        Some(format!("rule {:?} uses {field}", r.name))
-    })
 }

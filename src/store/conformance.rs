@@ -165,24 +165,6 @@ both!(
     a_delivery_not_started_in_time_expires_with_one_on_failure,
     a_delivery_that_started_in_time_does_not_expire,
     a_group_key_that_did_not_render_makes_a_dead_delivery_with_on_failure,
-);
-
-/// Behaviours the PostgreSQL store does not decide yet (`debounce:`,
-/// `limit:`, `delay:`; a server on PostgreSQL refuses rules using them).
-/// They are written against the `Store` handle like the others: the
-/// PostgreSQL port moves each name from here into `both!` above.
-macro_rules! redb_only_until_pg_port {
-    ($($name:ident),* $(,)?) => {
-        mod redb_engine_bursts {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(super::redb().await).await;
-            })*
-        }
-    };
-}
-
-redb_only_until_pg_port!(
     debounce_repoints_and_coalesces,
     debounce_max_wait_caps_the_due_time,
     drop_is_decided_from_store_counts,
@@ -1210,4 +1192,109 @@ async fn delay_reserves_spaced_slots(e: Engine) {
     let (k, _) = accepted(s, paced("delayed", t, &delayed)).await;
     let d = only_delivery(s, &k).await;
     assert_eq!((d.created_ms, d.due_at_ms), (t, t + 3_000));
+}
+
+/// Two replicas on one database share bursts and budgets: a burst fed
+/// through both coalesces into one waiting delivery, on the newest event,
+/// and a drop budget counts the admissions of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_and_budgets_hold_across_replicas() {
+    let Some(e) = postgres(PgOptions::default()).await else {
+        return;
+    };
+    let a = e.store().clone();
+    let b = e.other(PgOptions::default()).await;
+    let t = clock::now_ms() - 60_000;
+    let burst = debounced("pr", 1_000, 10_000);
+    let mut keys = Vec::new();
+    for i in 0..6u64 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        keys.push(
+            accepted(s, paced(&format!("x{i}"), t + i * 100, &burst))
+                .await
+                .0,
+        );
+    }
+    let last = only_delivery(&a, &keys[5]).await;
+    assert_eq!(last.state, DeliveryState::Pending);
+    assert_eq!(last.due_at_ms, t + 500 + 1_000);
+    assert_eq!(last.debounce.map(|i| (i.count, i.first_ms)), Some((6, t)));
+    let depth = b.read(|s| s.queue_depth()).await.expect("depth");
+    assert_eq!((depth.pending, depth.coalesced), (1, 5));
+    let leased = b.lease(t + 2_000, 10, 30_000).await.expect("lease").leased;
+    let ran: Vec<_> = leased.iter().map(|l| l.event.id.as_str()).collect();
+    assert_eq!(ran, ["x5"], "one run, on the newest event");
+
+    // Racing commits on both replicas at once: still one count per event.
+    let budget = limited(3, 60_000, crate::rules::Over::Drop);
+    let send = |s: Store, i: u64| {
+        let budget = std::sync::Arc::clone(&budget);
+        async move {
+            accepted(&s, paced(&format!("y{i}"), t + 1_000 + i, &budget))
+                .await
+                .0
+        }
+    };
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(send(s, i)));
+    }
+    let mut states = Vec::new();
+    for task in tasks {
+        let key = task.await.expect("join");
+        states.push(only_delivery(&a, &key).await.state);
+    }
+    let kept = states
+        .iter()
+        .filter(|s| **s == DeliveryState::Pending)
+        .count();
+    let dropped = states
+        .iter()
+        .filter(|s| **s == DeliveryState::Dropped)
+        .count();
+    assert_eq!((kept, dropped), (3, 5), "{states:?}");
+}
+
+/// `migrate --from redb` carries bursts and budgets over: a burst waiting
+/// in the file goes on in PostgreSQL, and a drop budget keeps its count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_from_redb_keeps_bursts_and_budgets() {
+    let Some(admin) = test_pg() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.redb");
+    let t = clock::now_ms() - 60_000;
+    let burst = debounced("pr", 10_000, 60_000);
+    let budget = limited(2, 3_600_000, crate::rules::Over::Drop);
+    {
+        let s = Store::open(&path).expect("open redb");
+        accepted(&s, paced("d1", t, &burst)).await;
+        accepted(&s, paced("d2", t + 100, &burst)).await;
+        accepted(&s, paced("b1", t, &budget)).await;
+        s.close().await.expect("close");
+    }
+    let db = PgSchema::create(&admin).await;
+    pg::import::import_redb(&path, &db.url, Duration::from_secs(10))
+        .await
+        .expect("import");
+    let s = Store::Postgres(
+        PgStore::open(&db.url, PgOptions::default())
+            .await
+            .expect("open postgres"),
+    );
+    let (k3, _) = accepted(&s, paced("d3", t + 200, &burst)).await;
+    let d = only_delivery(&s, &k3).await;
+    assert_eq!(d.debounce.map(|i| (i.count, i.first_ms)), Some((3, t)));
+    let depth = s.read(|s| s.queue_depth()).await.expect("depth");
+    assert_eq!(depth.coalesced, 1, "the copied waiting delivery coalesced");
+    let (k, _) = accepted(&s, paced("b2", t + 1, &budget)).await;
+    assert_eq!(only_delivery(&s, &k).await.state, DeliveryState::Pending);
+    let (k, _) = accepted(&s, paced("b3", t + 2, &budget)).await;
+    assert_eq!(
+        only_delivery(&s, &k).await.state,
+        DeliveryState::Dropped,
+        "the count from the file holds"
+    );
 }

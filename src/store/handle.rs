@@ -306,14 +306,11 @@ impl Store {
         }
     }
 
-    /// See [`RedbStore::defer`]. Not on PostgreSQL yet: a server refuses
-    /// to start there with the rules that need it (named limits).
+    /// See [`RedbStore::defer`].
     pub async fn defer(&self, delivery: DeliveryId, until_ms: u64) -> Result<(), StoreError> {
         match self {
             Store::Redb(r) => r.defer(delivery, until_ms).await,
-            Store::Postgres(_) => Err(StoreError::Internal(
-                "deferring a delivery is not supported on PostgreSQL yet",
-            )),
+            Store::Postgres(p) => p.defer(delivery, until_ms).await,
         }
     }
 

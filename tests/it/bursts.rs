@@ -3,7 +3,8 @@
 //! event, capped by `max_wait`, whole across a `kill -9`), `limit:` with
 //! `over: drop` (counts that survive a restart) and `over: delay` (starts
 //! spaced by the rate), and a 429 with `Retry-After` pausing a named limit
-//! for every rule that names it.
+//! for every rule that names it; and, on PostgreSQL, a burst and a budget
+//! fed through two replicas of one database.
 //!
 //! Shell runs append `run NAME COUNT FIRST_AT MS` lines to the test's
 //! folder, so the tests check what ran and when, not only what the store
@@ -453,31 +454,65 @@ rules:
     }
 }
 
+/// Two replicas of `setup`'s rules on the database at `url`, each with an
+/// admin API.
+fn two_replicas(setup: &Setup, url: &str) -> (Server, Server) {
+    let start = |name: &str| {
+        let own = setup.path().join(name);
+        std::fs::create_dir_all(&own).expect("replica dir");
+        ServerOpts::new(&setup.rules, &own.join("unused.redb"))
+            .args(&["--store", url])
+            .admin()
+            .start()
+    };
+    (start("a"), start("b"))
+}
+
 #[test]
-fn a_server_on_postgresql_refuses_bursts_until_the_store_decides_them() {
+fn bursts_and_budgets_hold_across_two_replicas_on_postgresql() {
+    let Some(admin) = crate::postgres::test_pg() else {
+        return;
+    };
+    // A burst sent alternately to two replicas is one burst.
+    let schema = crate::postgres::Schema::create(&admin);
+    let setup = Setup::new(&debounce_rules("2s", "60s"));
+    let (a, b) = two_replicas(&setup, &schema.url());
+    for i in 1..=5 {
+        let to = if i % 2 == 1 { &a } else { &b };
+        send(to, &json!({ "ref": "a", "note": format!("a{i}") }));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let runs = setup.wait_runs(1, &a);
+    std::thread::sleep(Duration::from_millis(3000));
+    let runs_after = setup.runs();
+    assert_eq!(runs_after.len(), 1, "one run for the burst: {runs_after:?}");
+    assert_eq!(runs[0].name, "a5", "the newest event's body");
+    assert_eq!(runs[0].args[0], "5", "debounce.count");
+    assert_eq!(in_state(&b, "coalesced").len(), 4);
+    drop((a, b));
+    drop(schema);
+
+    // A drop budget counts the events of both replicas.
+    let schema = crate::postgres::Schema::create(&admin);
     let setup = Setup::new(
         r#"rules:
-  - name: burst
+  - name: budget
     source: github
-    debounce: { key: "{{ body.ref }}", quiet: 2s, max_wait: 10s }
+    event: push
+    limit: [{ key: "{{ body.ref }}", rate: 5/h, over: drop }]
     actions:
-      - log: "x"
+      - shell: ["@DIR@/mark.sh", "{{ body.note }}"]
 "#,
     );
-    // The rules are refused before any connection is made.
-    let out = support::run(&[
-        "serve",
-        "--rules",
-        &setup.rules.display().to_string(),
-        "--listen",
-        "127.0.0.1:0",
-        "--store",
-        "postgres://nobody@127.0.0.1:1/none",
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", support::stderr(&out));
-    let err = support::stderr(&out);
-    assert!(
-        err.contains("Cannot serve these rules on PostgreSQL yet: rule \"burst\" uses debounce:"),
-        "{err}"
-    );
+    let (a, b) = two_replicas(&setup, &schema.url());
+    for i in 1..=7 {
+        let to = if i % 2 == 1 { &a } else { &b };
+        send(to, &json!({ "ref": "a", "note": format!("a{i}") }));
+    }
+    setup.wait_runs(5, &a);
+    let dropped = in_state(&a, "dropped");
+    assert_eq!(dropped.len(), 2, "{dropped:#?}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let runs = setup.runs();
+    assert_eq!(runs.len(), 5, "5 runs, 2 dropped: {runs:?}");
 }

@@ -113,6 +113,7 @@ async fn commit_batch(
     txn.batch_execute("SET LOCAL synchronous_commit = on")
         .await
         .map_err(db_err)?;
+    super::bursts::lock_batch(&txn, batch.iter().map(|r| &r.ev)).await?;
     let mut answers = Vec::with_capacity(batch.len());
     for (req, key) in batch.iter().zip(event_keys) {
         answers.push(commit_one(store, &txn, req, key).await?);
@@ -215,14 +216,17 @@ async fn commit_one(
     let mut ids = Vec::new();
     let mut leased = Vec::new();
     let mut dead = Vec::new();
+    let mut paced = super::bursts::Paced::new(ev.received_ms);
     for d in &ev.deliveries {
         if let Some(k) = &d.dedup_key {
             if rule_keys.get(&(d.rule.as_str(), k.as_str())) == Some(&false) {
                 continue;
             }
         }
-        let lease = req.leased && d.error.is_none();
-        let rec = insert(store, txn, key, d, ev.received_ms, ev.received_ms, lease).await?;
+        let plan = paced.admit(txn, d).await?;
+        let lease = req.leased && d.error.is_none() && plan.now;
+        let mut rec = insert(store, txn, key, d, ev.received_ms, plan.due_ms, lease).await?;
+        paced.place(txn, d, &mut rec.0).await?;
         ids.push(rec.0.id);
         if rec.0.state == DeliveryState::Dead {
             dead.push(rec.0.clone());
@@ -237,6 +241,7 @@ async fn commit_one(
             });
         }
     }
+    paced.settle(txn).await?;
     // Deliveries that could not be planned are dead already; their rule's
     // on_failure deliveries commit with the event.
     if !dead.is_empty() {

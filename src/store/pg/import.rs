@@ -6,7 +6,8 @@
 //! an old layout, and its row codecs) and writing, per table, what replicas
 //! need to carry on: every event; its unfinished deliveries with their
 //! attempts so far, due times and attempt counts; and every live dedup key,
-//! event- and rule-level. Finished deliveries stay in the redb file as
+//! event- and rule-level; and the bursts still waiting, the drop counts and
+//! delay slots of `limit:`. Finished deliveries stay in the redb file as
 //! history.
 //!
 //! Idempotent: an event is written with its deliveries and their attempts in
@@ -21,13 +22,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deadpool_postgres::Transaction;
-use redb::ReadableDatabase;
+use redb::{ReadableDatabase, ReadableTable};
 
 use super::commit::no_nul;
 use super::{db_err, migrate, pool_err, timed, to_db};
 use crate::store::schema::{
-    self, ATTEMPTS, DEDUP, DELIVERIES, EVENT_DELIVERIES, EVENTS, attempts_of, delivery_ids_of,
-    load_delivery,
+    self, ATTEMPTS, DEBOUNCE, DEDUP, DELIVERIES, EVENT_DELIVERIES, EVENTS, LIMIT_HITS, LIMIT_NEXT,
+    attempts_of, delivery_ids_of, load_delivery,
 };
 use crate::store::types::{Attempt, DeliveryId, DeliveryRecord, DeliveryState, NewEvent};
 use crate::store::{RedbStore, StoreError};
@@ -176,6 +177,16 @@ pub async fn import_redb(
                 None => break,
             }
         }
+        let bursts = {
+            let redb = redb.clone();
+            blocking(move || read_bursts(&redb)).await?
+        };
+        timed(timeout * 6, async {
+            let txn = client.transaction().await.map_err(db_err)?;
+            copy_bursts(&txn, &bursts, &ids).await?;
+            txn.commit().await.map_err(db_err)
+        })
+        .await?;
         // Running replicas poll anyway; this makes them look now.
         let _ = client
             .batch_execute(&format!("NOTIFY {}", super::CHANNEL))
@@ -321,6 +332,113 @@ fn read_keys(
     }
     // A short chunk was the end of the table.
     Ok((out, if looked < KEYS_PER_CHUNK { None } else { last }))
+}
+
+/// The state of `debounce:` and `limit:`: bursts, drop counts and delay
+/// slots, one row per live key, so read whole.
+#[derive(Default)]
+struct BurstCopy {
+    bursts: Vec<(String, schema::BurstRow)>,
+    hits: Vec<(String, u64, u32)>,
+    next: Vec<(String, u64)>,
+}
+
+fn read_bursts(store: &RedbStore) -> Result<BurstCopy, StoreError> {
+    let txn = store.inner.db.begin_read()?;
+    let mut out = BurstCopy::default();
+    // A file written before bursts existed has none of these tables.
+    let missing = |e: &redb::TableError| matches!(e, redb::TableError::TableDoesNotExist(_));
+    match txn.open_table(DEBOUNCE) {
+        Ok(t) => {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let row: schema::BurstRow = schema::decode(v.value(), "debounce row")?;
+                out.bursts.push((k.value().to_owned(), row));
+            }
+        }
+        Err(e) if missing(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match txn.open_table(LIMIT_HITS) {
+        Ok(t) => {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                let (key, at) = k.value();
+                out.hits.push((key.to_owned(), at, v.value()));
+            }
+        }
+        Err(e) if missing(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match txn.open_table(LIMIT_NEXT) {
+        Ok(t) => {
+            for item in t.iter()? {
+                let (k, v) = item?;
+                out.next.push((k.value().to_owned(), v.value()));
+            }
+        }
+        Err(e) if missing(&e) => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(out)
+}
+
+/// Writes the bursts still waiting (their deliveries under their new ids),
+/// the drop counts and the delay slots, keeping any the database has (a
+/// second run, or replicas already at work).
+async fn copy_bursts(
+    txn: &Transaction<'_>,
+    copy: &BurstCopy,
+    ids: &HashMap<DeliveryId, DeliveryId>,
+) -> Result<(), StoreError> {
+    for (key, row) in &copy.bursts {
+        // A delivery that was not copied has finished: the burst is over.
+        let Some(waiting) = row
+            .waiting
+            .iter()
+            .map(|id| ids.get(id).map(|&n| to_db(n)))
+            .collect::<Option<Vec<i64>>>()
+        else {
+            continue;
+        };
+        txn.execute(
+            "INSERT INTO hookrouter_bursts (key, waiting, first_ms, count, floor_ms)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key) DO NOTHING",
+            &[
+                &key.as_bytes(),
+                &waiting,
+                &to_db(row.first_ms),
+                &i32::try_from(row.count).unwrap_or(i32::MAX),
+                &to_db(row.floor_ms),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    }
+    for (key, at, n) in &copy.hits {
+        txn.execute(
+            "INSERT INTO hookrouter_limit_hits (key, at_ms, n) VALUES ($1, $2, $3)
+             ON CONFLICT (key, at_ms) DO NOTHING",
+            &[
+                &key.as_bytes(),
+                &to_db(*at),
+                &i32::try_from(*n).unwrap_or(i32::MAX),
+            ],
+        )
+        .await
+        .map_err(db_err)?;
+    }
+    for (key, next) in &copy.next {
+        txn.execute(
+            "INSERT INTO hookrouter_limit_next (key, next_ms) VALUES ($1, $2)
+             ON CONFLICT (key) DO UPDATE
+               SET next_ms = GREATEST(hookrouter_limit_next.next_ms, EXCLUDED.next_ms)",
+            &[&key.as_bytes(), &to_db(*next)],
+        )
+        .await
+        .map_err(db_err)?;
+    }
+    Ok(())
 }
 
 /// Writes one event and, when it is new to the database, its deliveries.

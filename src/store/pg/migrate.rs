@@ -20,6 +20,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "agent_controls",
         include_str!("migrations/0003_agent_controls.sql"),
     ),
+    (4, "bursts", include_str!("migrations/0004_bursts.sql")),
 ];
 
 /// The advisory lock key that serialises migrations ("hookrout" in ASCII).

@@ -3,7 +3,9 @@
 //! Owns the `PgStore` handle: its pool, its committer task (`commit`), the
 //! leases this process holds (`lease`, which also renews them while they
 //! run), the reads, replay, cancel and prune (`read`), the agent controls'
-//! decisions (groups, `concurrency:`, expiry, cancels: `decide`), the schema
+//! decisions (groups, `concurrency:`, expiry, cancels: `decide`), bursts
+//! and budgets (`debounce:`, `limit:`, `delay:`, and deferring a delivery
+//! under a paused limit: `bursts`), the schema
 //! (`migrate`) and the connection (`connect`). It speaks the same contract,
 //! in the same types, as the redb engine; `super::Store` chooses between
 //! them.
@@ -12,6 +14,7 @@
 //! down or slow makes calls fail with [`StoreError::Database`] (503), and
 //! the next call tries again, so recovery needs no restart.
 
+mod bursts;
 mod commit;
 mod connect;
 mod decide;
