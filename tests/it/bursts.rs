@@ -365,6 +365,28 @@ rules:
 
 #[test]
 fn a_429_with_retry_after_pauses_every_rule_under_the_named_limit() {
+    a_429_pauses_the_named_limit(|setup| setup.start());
+}
+
+/// The same on PostgreSQL, where a paused delivery is handed back to the
+/// database (`defer`, token-checked) rather than to the redb file.
+#[test]
+fn a_429_pauses_the_named_limit_on_postgresql() {
+    let Some(admin) = crate::postgres::test_pg() else {
+        return;
+    };
+    let schema = crate::postgres::Schema::create(&admin);
+    a_429_pauses_the_named_limit(|setup| {
+        let own = setup.path().join("pg");
+        std::fs::create_dir_all(&own).expect("replica dir");
+        ServerOpts::new(&setup.rules, &own.join("unused.redb"))
+            .args(&["--store", &schema.url()])
+            .admin()
+            .start()
+    });
+}
+
+fn a_429_pauses_the_named_limit(start: impl Fn(&Setup) -> Server) {
     let receiver = Receiver::start();
     receiver.script([Answer::status(429).header("Retry-After", "3")]);
     let setup = Setup::new(&format!(
@@ -389,7 +411,7 @@ rules:
 "#,
         url = receiver.url("/api")
     ));
-    let server = setup.start();
+    let server = start(&setup);
     send(&server, &json!({ "ref": "a", "note": "first" }));
     assert!(receiver.wait_count(1, WAIT), "the first call was made");
     let limited = receiver.requests()[0].at;
