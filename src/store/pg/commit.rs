@@ -8,8 +8,8 @@
 //! after the commit. Keys are sorted within a batch: two replicas then take
 //! the dedup rows' locks in the same order and cannot deadlock.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
 
 use deadpool_postgres::Transaction;
 use tokio::sync::{mpsc, oneshot};
@@ -102,6 +102,69 @@ pub(super) async fn run(
 
 type Answer = (Committed, Vec<Leased>);
 
+/// Claims the batch's event-level dedup keys: a live key stays, an expired
+/// one is taken over by this event. `ON CONFLICT` makes a key another
+/// replica is committing wait for that commit, then count as live. Rows
+/// are inserted (and their locks taken) in the arrays' order, which is
+/// sorted. Returns the keys claimed.
+const CLAIM_EVENT_KEYS: &str = "WITH u AS (
+       SELECT * FROM unnest($1::bytea[], $2::text[], $3::bigint[], $4::bigint[])
+         WITH ORDINALITY AS u(key, event_key, until_ms, received_ms, n))
+     INSERT INTO hookrouter_dedup (key, event_key, until_ms)
+     SELECT key, event_key, until_ms FROM u ORDER BY n
+     ON CONFLICT (key) DO UPDATE SET event_key = EXCLUDED.event_key, until_ms = EXCLUDED.until_ms
+     WHERE hookrouter_dedup.until_ms <= (SELECT u.received_ms FROM u WHERE u.key = EXCLUDED.key)
+     RETURNING key";
+
+/// The events that hold the keys a batch could not claim. A statement of
+/// its own: only a new statement sees a commit that the claim waited for.
+const ORIGINALS: &str = "SELECT key, event_key FROM hookrouter_dedup WHERE key = ANY($1::bytea[])";
+
+const INSERT_EVENTS: &str = "INSERT INTO hookrouter_events (key, received_ms, dedup_key, row_json, reply)
+     SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[])";
+
+/// Rule-level keys, as [`CLAIM_EVENT_KEYS`] (sorted by rule and key).
+const CLAIM_RULE_KEYS: &str = "WITH u AS (
+       SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[])
+         WITH ORDINALITY AS u(rule, key, until_ms, received_ms, n))
+     INSERT INTO hookrouter_rule_dedup (rule, key, until_ms)
+     SELECT rule, key, until_ms FROM u ORDER BY n
+     ON CONFLICT (rule, key) DO UPDATE SET until_ms = EXCLUDED.until_ms
+     WHERE hookrouter_rule_dedup.until_ms <= (
+       SELECT u.received_ms FROM u WHERE u.rule = EXCLUDED.rule AND u.key = EXCLUDED.key)
+     RETURNING rule, key";
+
+/// Deliveries, in the arrays' order, each leased to this replica (with a
+/// fresh token and an expiry from the database clock) when `leased` says
+/// so. `RETURNING` answers in the order the rows were inserted.
+static INSERT_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO hookrouter_deliveries
+           (event_key, state, due_at_ms, created_ms, last_error, record, lease_token, lease_until_ms)
+         SELECT event_key, state, due_at_ms, created_ms, last_error, record,
+                CASE WHEN leased THEN gen_random_uuid()::text END,
+                CASE WHEN leased THEN (extract(epoch FROM now()) * 1000)::bigint + $8 END
+         FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::json[], $7::bool[])
+           WITH ORDINALITY AS u(event_key, state, due_at_ms, created_ms, last_error, record, leased, n)
+         ORDER BY n
+         RETURNING {DELIVERY_COLS}, lease_token"
+    )
+});
+
+/// One transaction for the whole batch, as a fixed handful of multi-row
+/// statements (arrays through `unnest`) rather than a few per event: each
+/// statement is a round trip, and round trips, not the database's work,
+/// bounded the committer. Statements are prepared once per connection
+/// (`prepare_cached`), and independent ones are pipelined (issued together
+/// on the one connection). In order:
+///
+/// 1. `BEGIN`;
+/// 2. `SET LOCAL synchronous_commit` with the event-level dedup claim
+///    (then the originals of the duplicates, if any);
+/// 3. the accepted events' rows with the rule-level dedup claim;
+/// 4. their deliveries;
+/// 5. the `on_failure` deliveries of deliveries created dead (rare);
+/// 6. `COMMIT`.
 async fn commit_batch(
     store: &PgStore,
     batch: &[Request],
@@ -110,14 +173,95 @@ async fn commit_batch(
     let mut client = store.client().await?;
     let txn = client.transaction().await.map_err(db_err)?;
     // Durable on return, whatever the database's default says.
-    txn.batch_execute("SET LOCAL synchronous_commit = on")
-        .await
-        .map_err(db_err)?;
-    let mut answers = Vec::with_capacity(batch.len());
-    for (req, key) in batch.iter().zip(event_keys) {
-        answers.push(commit_one(store, &txn, req, key).await?);
+    let (_, originals) = tokio::try_join!(
+        async {
+            txn.batch_execute("SET LOCAL synchronous_commit = on")
+                .await
+                .map_err(db_err)
+        },
+        claim_event_keys(&txn, batch, event_keys),
+    )?;
+    let accepted: Vec<usize> = (0..batch.len())
+        .filter(|&i| originals[i].is_none())
+        .collect();
+    let (_, rule_keys) = tokio::try_join!(
+        insert_events(&txn, batch, event_keys, &accepted),
+        claim_rule_keys(&txn, batch, &accepted),
+    )?;
+
+    // Every accepted event's deliveries, event by event in batch order,
+    // each in its rule's order; a delivery whose rule-level key is live
+    // (recorded before this event) is not created.
+    let mut planned = Vec::new();
+    for &i in &accepted {
+        let ev = &batch[i].ev;
+        for d in &ev.deliveries {
+            if let Some(k) = &d.dedup_key
+                && rule_keys[i].get(&(d.rule.as_str(), k.as_str())) == Some(&false)
+            {
+                continue;
+            }
+            let lease = batch[i].leased && d.error.is_none();
+            let (doc, error) = plan(&event_keys[i], d, ev.received_ms, ev.received_ms, lease);
+            planned.push(Planned {
+                req: i,
+                doc,
+                error,
+            });
+        }
+    }
+    // Deliveries that carry `debounce:`, `limit:` or `delay:` are decided
+    // here, per event, on its planned rows, in this transaction and before
+    // they are inserted (on PostgreSQL, rules with them are refused for now).
+    let made = insert_deliveries(store, &txn, &planned).await?;
+
+    let mut answers: Vec<Option<(Committed, Vec<Tokened>)>> = originals
+        .into_iter()
+        .map(|o| o.map(|key| (Committed::Duplicate { key }, Vec::new())))
+        .collect();
+    let mut events: HashMap<usize, Arc<crate::event::Event>> = HashMap::new();
+    let mut dead: Vec<(usize, DeliveryRecord)> = Vec::new();
+    for &i in &accepted {
+        answers[i] = Some((
+            Committed::Accepted {
+                key: event_keys[i].clone(),
+                deliveries: Vec::new(),
+            },
+            Vec::new(),
+        ));
+    }
+    for (p, (rec, token)) in planned.iter().zip(made) {
+        let Some((Committed::Accepted { deliveries, .. }, leased)) = &mut answers[p.req] else {
+            continue;
+        };
+        deliveries.push(rec.id);
+        if rec.state == DeliveryState::Dead {
+            dead.push((p.req, rec.clone()));
+        }
+        if rec.state == DeliveryState::Leased {
+            let event = events
+                .entry(p.req)
+                .or_insert_with(|| Arc::new(batch[p.req].ev.event.clone()));
+            leased.push(Tokened {
+                leased: Leased {
+                    delivery: rec,
+                    event: Arc::clone(event),
+                },
+                delivery_token: token,
+            });
+        }
+    }
+    // Deliveries that could not be planned are dead already; their rule's
+    // on_failure deliveries commit with the event.
+    for (i, rec) in &dead {
+        let mut cx = Decider::new(store, &txn, batch[*i].ev.received_ms);
+        cx.failed_at_birth(rec).await?;
     }
     txn.commit().await.map_err(db_err)?;
+    let answers: Vec<(Committed, Vec<Tokened>)> = answers
+        .into_iter()
+        .map(|a| a.ok_or_else(|| StoreError::Corrupt("an event of the batch went unanswered".into())))
+        .collect::<Result<_, _>>()?;
     // Held only once the commit is known.
     {
         let mut held = store.held();
@@ -142,130 +286,173 @@ struct Tokened {
     delivery_token: Option<String>,
 }
 
-async fn commit_one(
-    store: &PgStore,
+/// Claims the event-level dedup keys of a (sorted) batch: for each request,
+/// `None` if its event is accepted, or the key of the event holding its
+/// dedup key. Requests without a key are accepted.
+///
+/// A statement cannot touch one row twice, so two requests of the batch
+/// with the same key (a sender's retry racing its first try) go in
+/// successive statements, judged as if committed one after the other: the
+/// second finds the first's key live. That is rare; one statement is usual.
+async fn claim_event_keys(
     txn: &Transaction<'_>,
-    req: &Request,
-    key: &str,
-) -> Result<(Committed, Vec<Tokened>), StoreError> {
-    let ev = &req.ev;
-    let received = to_db(ev.received_ms);
-    if !ev.dedup_key.is_empty() {
-        // A live key stays; an expired one is taken over by this event.
-        let fresh = txn
-            .query_opt(
-                "INSERT INTO hookrouter_dedup (key, event_key, until_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (key) DO UPDATE SET event_key = EXCLUDED.event_key, until_ms = EXCLUDED.until_ms
-                 WHERE hookrouter_dedup.until_ms <= $4
-                 RETURNING 1",
-                &[&ev.dedup_key.as_bytes(), &key, &to_db(ev.dedup_until_ms), &received],
-            )
+    batch: &[Request],
+    event_keys: &[String],
+) -> Result<Vec<Option<String>>, StoreError> {
+    let mut originals = vec![None; batch.len()];
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, req) in batch.iter().enumerate() {
+        if req.ev.dedup_key.is_empty() {
+            continue;
+        }
+        let r = seen.entry(req.ev.dedup_key.as_str()).or_insert(0);
+        if rounds.len() <= *r {
+            rounds.push(Vec::new());
+        }
+        rounds[*r].push(i);
+        *r += 1;
+    }
+    for round in rounds {
+        let keys: Vec<&[u8]> = round.iter().map(|&i| batch[i].ev.dedup_key.as_bytes()).collect();
+        let owners: Vec<&str> = round.iter().map(|&i| event_keys[i].as_str()).collect();
+        let until: Vec<i64> = round.iter().map(|&i| to_db(batch[i].ev.dedup_until_ms)).collect();
+        let received: Vec<i64> = round.iter().map(|&i| to_db(batch[i].ev.received_ms)).collect();
+        let stmt = txn.prepare_cached(CLAIM_EVENT_KEYS).await.map_err(db_err)?;
+        let rows = txn
+            .query(&stmt, &[&keys, &owners, &until, &received])
             .await
             .map_err(db_err)?;
-        if fresh.is_none() {
-            let first = txn
-                .query_opt(
-                    "SELECT event_key FROM hookrouter_dedup WHERE key = $1",
-                    &[&ev.dedup_key.as_bytes()],
-                )
-                .await
-                .map_err(db_err)?;
-            let original = match &first {
-                Some(row) => col::<String>(row, "event_key")?,
-                None => String::new(),
-            };
-            return Ok((Committed::Duplicate { key: original }, Vec::new()));
+        let claimed = rows
+            .iter()
+            .map(|r| col::<Vec<u8>>(r, "key"))
+            .collect::<Result<HashSet<_>, _>>()?;
+        let lost: Vec<usize> = round
+            .into_iter()
+            .filter(|&i| !claimed.contains(batch[i].ev.dedup_key.as_bytes()))
+            .collect();
+        if lost.is_empty() {
+            continue;
+        }
+        // Read before the next round, which may take an expired key over.
+        let keys: Vec<&[u8]> = lost.iter().map(|&i| batch[i].ev.dedup_key.as_bytes()).collect();
+        let stmt = txn.prepare_cached(ORIGINALS).await.map_err(db_err)?;
+        let rows = txn.query(&stmt, &[&keys]).await.map_err(db_err)?;
+        let mut holders = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            holders.insert(col::<Vec<u8>>(r, "key")?, col::<String>(r, "event_key")?);
+        }
+        for i in lost {
+            let holder = holders.get(batch[i].ev.dedup_key.as_bytes());
+            originals[i] = Some(holder.cloned().unwrap_or_default());
         }
     }
-    // The answer has a column of its own (the row is the redb row
-    // without it), so a duplicate reads it without decoding the event.
-    let reply = ev.reply.as_ref().map(serde_json::to_vec).transpose()?;
-    txn.execute(
-        "INSERT INTO hookrouter_events (key, received_ms, dedup_key, row_json, reply) VALUES ($1, $2, $3, $4, $5)",
-        &[&key, &received, &ev.dedup_key.as_bytes(), &req.row, &reply],
-    )
-    .await
-    .map_err(db_err)?;
-
-    // Rule-level keys: judged once per (rule, key) against keys recorded
-    // before this event, so the rule's several actions sharing it all stay.
-    let mut rule_keys: HashMap<(&str, &str), bool> = HashMap::new();
-    let mut wanted: Vec<(&str, &str)> = ev
-        .deliveries
-        .iter()
-        .filter_map(|d| d.dedup_key.as_deref().map(|k| (d.rule.as_str(), k)))
-        .collect();
-    wanted.sort_unstable();
-    wanted.dedup();
-    for (rule, k) in wanted {
-        let fresh = txn
-            .query_opt(
-                "INSERT INTO hookrouter_rule_dedup (rule, key, until_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (rule, key) DO UPDATE SET until_ms = EXCLUDED.until_ms
-                 WHERE hookrouter_rule_dedup.until_ms <= $4
-                 RETURNING 1",
-                &[&rule, &k.as_bytes(), &to_db(ev.dedup_until_ms), &received],
-            )
-            .await
-            .map_err(db_err)?;
-        rule_keys.insert((rule, k), fresh.is_some());
-    }
-
-    let event = Arc::new(ev.event.clone());
-    let mut ids = Vec::new();
-    let mut leased = Vec::new();
-    let mut dead = Vec::new();
-    for d in &ev.deliveries {
-        if let Some(k) = &d.dedup_key {
-            if rule_keys.get(&(d.rule.as_str(), k.as_str())) == Some(&false) {
-                continue;
-            }
-        }
-        let lease = req.leased && d.error.is_none();
-        let rec = insert(store, txn, key, d, ev.received_ms, ev.received_ms, lease).await?;
-        ids.push(rec.0.id);
-        if rec.0.state == DeliveryState::Dead {
-            dead.push(rec.0.clone());
-        }
-        if lease {
-            leased.push(Tokened {
-                leased: Leased {
-                    delivery: rec.0,
-                    event: Arc::clone(&event),
-                },
-                delivery_token: rec.1,
-            });
-        }
-    }
-    // Deliveries that could not be planned are dead already; their rule's
-    // on_failure deliveries commit with the event.
-    if !dead.is_empty() {
-        let mut cx = Decider::new(store, txn, ev.received_ms);
-        for rec in &dead {
-            cx.failed_at_birth(rec).await?;
-        }
-    }
-    Ok((
-        Committed::Accepted {
-            key: key.to_owned(),
-            deliveries: ids,
-        },
-        leased,
-    ))
+    Ok(originals)
 }
 
-/// Inserts one delivery, `Pending` due at `due_ms` (or `Dead` when it could
-/// not be planned, or leased to this replica), and returns its record with
-/// its lease token.
-pub(super) async fn insert(
-    store: &PgStore,
+/// The rows of the accepted events. The answer a `respond:` gave has a
+/// column of its own (the row is the redb row without it), so a duplicate
+/// reads it without decoding the event.
+async fn insert_events(
     txn: &Transaction<'_>,
+    batch: &[Request],
+    event_keys: &[String],
+    accepted: &[usize],
+) -> Result<(), StoreError> {
+    if accepted.is_empty() {
+        return Ok(());
+    }
+    let keys: Vec<&str> = accepted.iter().map(|&i| event_keys[i].as_str()).collect();
+    let received: Vec<i64> = accepted.iter().map(|&i| to_db(batch[i].ev.received_ms)).collect();
+    let dedup: Vec<&[u8]> = accepted.iter().map(|&i| batch[i].ev.dedup_key.as_bytes()).collect();
+    let rows: Vec<&[u8]> = accepted.iter().map(|&i| batch[i].row.as_slice()).collect();
+    let replies = accepted
+        .iter()
+        .map(|&i| batch[i].ev.reply.as_ref().map(serde_json::to_vec).transpose())
+        .collect::<Result<Vec<_>, _>>()?;
+    let stmt = txn.prepare_cached(INSERT_EVENTS).await.map_err(db_err)?;
+    txn.execute(&stmt, &[&keys, &received, &dedup, &rows, &replies])
+        .await
+        .map_err(db_err)?;
+    Ok(())
+}
+
+/// Whether each accepted event's rule-level keys were fresh, by request:
+/// judged once per (rule, key) and event against keys recorded before it,
+/// so a rule's several actions sharing a key all stay. Events of the batch
+/// sharing a key go in successive statements, as in [`claim_event_keys`].
+async fn claim_rule_keys<'a>(
+    txn: &Transaction<'_>,
+    batch: &'a [Request],
+    accepted: &[usize],
+) -> Result<Vec<HashMap<(&'a str, &'a str), bool>>, StoreError> {
+    let mut fresh: Vec<HashMap<(&str, &str), bool>> = vec![HashMap::new(); batch.len()];
+    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut rounds: Vec<Vec<(usize, &str, &str)>> = Vec::new();
+    for &i in accepted {
+        let mut wanted: Vec<(&str, &str)> = batch[i]
+            .ev
+            .deliveries
+            .iter()
+            .filter_map(|d| d.dedup_key.as_deref().map(|k| (d.rule.as_str(), k)))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for (rule, k) in wanted {
+            let r = seen.entry((rule, k)).or_insert(0);
+            if rounds.len() <= *r {
+                rounds.push(Vec::new());
+            }
+            rounds[*r].push((i, rule, k));
+            *r += 1;
+        }
+    }
+    for mut round in rounds {
+        // The order the rows' locks are taken in, the same on every replica.
+        round.sort_unstable_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
+        let rules: Vec<&str> = round.iter().map(|e| e.1).collect();
+        let keys: Vec<&[u8]> = round.iter().map(|e| e.2.as_bytes()).collect();
+        let until: Vec<i64> = round.iter().map(|e| to_db(batch[e.0].ev.dedup_until_ms)).collect();
+        let received: Vec<i64> = round.iter().map(|e| to_db(batch[e.0].ev.received_ms)).collect();
+        let stmt = txn.prepare_cached(CLAIM_RULE_KEYS).await.map_err(db_err)?;
+        let rows = txn
+            .query(&stmt, &[&rules, &keys, &until, &received])
+            .await
+            .map_err(db_err)?;
+        let claimed = rows
+            .iter()
+            .map(|r| Ok((col::<String>(r, "rule")?, col::<Vec<u8>>(r, "key")?)))
+            .collect::<Result<HashSet<_>, StoreError>>()?;
+        for (i, rule, k) in round {
+            let won = claimed.contains(&(rule.to_owned(), k.as_bytes().to_vec()));
+            fresh[i].insert((rule, k), won);
+        }
+    }
+    Ok(fresh)
+}
+
+/// A delivery about to be inserted: the record it is created with, and the
+/// request of the batch it belongs to.
+pub(super) struct Planned {
+    /// The request's index in the batch (0 outside a batch).
+    req: usize,
+    /// As created; `id` is set by the insert. `Leased` means leased to
+    /// this replica with a fresh token.
+    doc: DeliveryRecord,
+    /// Why it could not be planned (it is `Dead`), for its `last_error`.
+    error: Option<String>,
+}
+
+/// The record of a delivery as created: `Pending` due at `due_ms`, or
+/// `Dead` when it could not be planned, or leased to this replica; and its
+/// error, if it is dead.
+fn plan(
     event_key: &str,
     d: &NewDelivery,
     created_ms: u64,
     due_ms: u64,
     lease: bool,
-) -> Result<(DeliveryRecord, Option<String>), StoreError> {
+) -> (DeliveryRecord, Option<String>) {
     let state = if d.error.is_some() {
         DeliveryState::Dead
     } else if lease {
@@ -302,34 +489,95 @@ pub(super) async fn insert(
         waited: false,
         debounce: None,
     };
-    let json = serde_json::to_value(&doc)?;
-    let row = txn
-        .query_one(
-            &format!(
-                "INSERT INTO hookrouter_deliveries
-                   (event_key, state, due_at_ms, created_ms, last_error, record, lease_token, lease_until_ms)
-                 SELECT $1, $2, $3, $4, $5, $6, t.token,
-                        CASE WHEN t.token IS NULL THEN NULL
-                             ELSE (extract(epoch FROM now()) * 1000)::bigint + $8 END
-                 FROM (SELECT CASE WHEN $7 THEN gen_random_uuid()::text END AS token) t
-                 RETURNING {DELIVERY_COLS}, lease_token"
-            ),
+    (doc, d.error.as_deref().map(no_nul))
+}
+
+/// Inserts `planned` in one statement; their records as stored, with the
+/// lease tokens of those leased, in the same order.
+async fn insert_deliveries(
+    store: &PgStore,
+    txn: &Transaction<'_>,
+    planned: &[Planned],
+) -> Result<Vec<(DeliveryRecord, Option<String>)>, StoreError> {
+    if planned.is_empty() {
+        return Ok(Vec::new());
+    }
+    let event_keys: Vec<&str> = planned.iter().map(|p| p.doc.event_key.as_str()).collect();
+    let states: Vec<&str> = planned.iter().map(|p| p.doc.state.as_str()).collect();
+    let due: Vec<i64> = planned.iter().map(|p| to_db(p.doc.due_at_ms)).collect();
+    let created: Vec<i64> = planned.iter().map(|p| to_db(p.doc.created_ms)).collect();
+    let errors: Vec<Option<&str>> = planned.iter().map(|p| p.error.as_deref()).collect();
+    let docs = planned
+        .iter()
+        .map(|p| serde_json::to_value(&p.doc))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leased: Vec<bool> = planned
+        .iter()
+        .map(|p| p.doc.state == DeliveryState::Leased)
+        .collect();
+    let stmt = txn.prepare_cached(&INSERT_DELIVERIES).await.map_err(db_err)?;
+    let rows = txn
+        .query(
+            &stmt,
             &[
-                &event_key,
-                &state.as_str(),
-                &to_db(due_ms),
-                &to_db(created_ms),
-                &d.error.as_deref().map(no_nul),
-                &json,
-                &(state == DeliveryState::Leased),
+                &event_keys,
+                &states,
+                &due,
+                &created,
+                &errors,
+                &docs,
+                &leased,
                 &store.lease_ttl_ms(),
             ],
         )
         .await
         .map_err(db_err)?;
-    let token: Option<String> = col(&row, "lease_token")?;
-    let rec = decode_delivery(&row)?;
-    Ok((rec, token))
+    if rows.len() != planned.len() {
+        return Err(StoreError::Corrupt(format!(
+            "{} deliveries inserted, {} came back",
+            planned.len(),
+            rows.len()
+        )));
+    }
+    let mut made = Vec::with_capacity(rows.len());
+    for (row, p) in rows.iter().zip(planned) {
+        let rec = decode_delivery(row)?;
+        // The ids are mapped back by position: refuse (and roll back)
+        // rather than hand out an id for another delivery.
+        let same = rec.event_key == p.doc.event_key
+            && rec.rule == p.doc.rule
+            && rec.list == p.doc.list
+            && rec.action == p.doc.action
+            && rec.then == p.doc.then;
+        if !same {
+            return Err(StoreError::Corrupt(
+                "inserted deliveries came back in another order".to_owned(),
+            ));
+        }
+        made.push((rec, col::<Option<String>>(row, "lease_token")?));
+    }
+    Ok(made)
+}
+
+/// Inserts one delivery, `Pending` due at `due_ms` (or `Dead` when it could
+/// not be planned, or leased to this replica), and returns its record with
+/// its lease token. For follow-ups (`then:`, `on_failure`, `on_cancel`,
+/// replay), which come one at a time.
+pub(super) async fn insert(
+    store: &PgStore,
+    txn: &Transaction<'_>,
+    event_key: &str,
+    d: &NewDelivery,
+    created_ms: u64,
+    due_ms: u64,
+    lease: bool,
+) -> Result<(DeliveryRecord, Option<String>), StoreError> {
+    let (doc, error) = plan(event_key, d, created_ms, due_ms, lease);
+    let planned = [Planned { req: 0, doc, error }];
+    insert_deliveries(store, txn, &planned)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Corrupt("no delivery came back".to_owned()))
 }
 
 impl PgStore {
