@@ -7,6 +7,11 @@
 //! then resolves to one accepted and one duplicate), and the wake-up sent
 //! after the commit. Keys are sorted within a batch: two replicas then take
 //! the dedup rows' locks in the same order and cannot deadlock.
+//!
+//! A batch costs a fixed handful of round trips, not a few per event: each
+//! table gets one multi-row statement (arrays through `unnest`), prepared
+//! once per connection, and statements that do not depend on each other
+//! are pipelined on the one connection (see [`commit_batch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock};
@@ -120,7 +125,8 @@ const CLAIM_EVENT_KEYS: &str = "WITH u AS (
 /// its own: only a new statement sees a commit that the claim waited for.
 const ORIGINALS: &str = "SELECT key, event_key FROM hookrouter_dedup WHERE key = ANY($1::bytea[])";
 
-const INSERT_EVENTS: &str = "INSERT INTO hookrouter_events (key, received_ms, dedup_key, row_json, reply)
+const INSERT_EVENTS: &str =
+    "INSERT INTO hookrouter_events (key, received_ms, dedup_key, row_json, reply)
      SELECT * FROM unnest($1::text[], $2::bigint[], $3::bytea[], $4::bytea[], $5::bytea[])";
 
 /// Rule-level keys, as [`CLAIM_EVENT_KEYS`] (sorted by rule and key).
@@ -151,6 +157,15 @@ static INSERT_DELIVERIES: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// One request of the batch as its transaction goes on.
+struct Slot<'a> {
+    req: &'a Request,
+    /// The key its event gets if accepted.
+    key: &'a str,
+    /// Set when its dedup key is live: the key of the event holding it.
+    original: Option<String>,
+}
+
 /// One transaction for the whole batch, as a fixed handful of multi-row
 /// statements (arrays through `unnest`) rather than a few per event: each
 /// statement is a round trip, and round trips, not the database's work,
@@ -172,96 +187,100 @@ async fn commit_batch(
 ) -> Result<(Vec<Answer>, deadpool_postgres::Object), StoreError> {
     let mut client = store.client().await?;
     let txn = client.transaction().await.map_err(db_err)?;
+    let mut slots: Vec<Slot> = batch
+        .iter()
+        .zip(event_keys)
+        .map(|(req, key)| Slot {
+            req,
+            key,
+            original: None,
+        })
+        .collect();
     // Durable on return, whatever the database's default says.
-    let (_, originals) = tokio::try_join!(
+    tokio::try_join!(
         async {
             txn.batch_execute("SET LOCAL synchronous_commit = on")
                 .await
                 .map_err(db_err)
         },
-        claim_event_keys(&txn, batch, event_keys),
+        claim_event_keys(&txn, &mut slots),
     )?;
-    let accepted: Vec<usize> = (0..batch.len())
-        .filter(|&i| originals[i].is_none())
-        .collect();
+    let accepted: Vec<&Slot> = slots.iter().filter(|s| s.original.is_none()).collect();
     let (_, rule_keys) = tokio::try_join!(
-        insert_events(&txn, batch, event_keys, &accepted),
-        claim_rule_keys(&txn, batch, &accepted),
+        insert_events(&txn, &accepted),
+        claim_rule_keys(&txn, &accepted),
     )?;
 
-    // Every accepted event's deliveries, event by event in batch order,
-    // each in its rule's order; a delivery whose rule-level key is live
-    // (recorded before this event) is not created.
-    let mut planned = Vec::new();
-    for &i in &accepted {
-        let ev = &batch[i].ev;
+    // Each accepted event's deliveries, in its rules' order; one whose
+    // rule-level key is live (recorded before this event) is not created.
+    let mut planned: Vec<Vec<Planned>> = Vec::with_capacity(accepted.len());
+    for (slot, fresh) in accepted.iter().zip(&rule_keys) {
+        let ev = &slot.req.ev;
+        let mut plans = Vec::with_capacity(ev.deliveries.len());
         for d in &ev.deliveries {
             if let Some(k) = &d.dedup_key
-                && rule_keys[i].get(&(d.rule.as_str(), k.as_str())) == Some(&false)
+                && fresh.get(&(d.rule.as_str(), k.as_str())) == Some(&false)
             {
                 continue;
             }
-            let lease = batch[i].leased && d.error.is_none();
-            let (doc, error) = plan(&event_keys[i], d, ev.received_ms, ev.received_ms, lease);
-            planned.push(Planned {
-                req: i,
-                doc,
-                error,
-            });
+            let lease = slot.req.leased && d.error.is_none();
+            let (doc, error) = plan(slot.key, d, ev.received_ms, ev.received_ms, lease);
+            plans.push(Planned { doc, error });
         }
+        planned.push(plans);
     }
     // Deliveries that carry `debounce:`, `limit:` or `delay:` are decided
     // here, per event, on its planned rows, in this transaction and before
     // they are inserted (on PostgreSQL, rules with them are refused for now).
-    let made = insert_deliveries(store, &txn, &planned).await?;
+    let flat: Vec<&Planned> = planned.iter().flatten().collect();
+    let mut made = insert_deliveries(store, &txn, &flat).await?.into_iter();
 
-    let mut answers: Vec<Option<(Committed, Vec<Tokened>)>> = originals
-        .into_iter()
-        .map(|o| o.map(|key| (Committed::Duplicate { key }, Vec::new())))
-        .collect();
-    let mut events: HashMap<usize, Arc<crate::event::Event>> = HashMap::new();
-    let mut dead: Vec<(usize, DeliveryRecord)> = Vec::new();
-    for &i in &accepted {
-        answers[i] = Some((
+    let mut outcomes: Vec<(Committed, Vec<Tokened>)> = Vec::with_capacity(accepted.len());
+    let mut dead: Vec<(u64, DeliveryRecord)> = Vec::new();
+    for (slot, plans) in accepted.iter().zip(&planned) {
+        let mut ids = Vec::with_capacity(plans.len());
+        let mut leased = Vec::new();
+        let mut event: Option<Arc<crate::event::Event>> = None;
+        for _ in plans {
+            let (rec, token) = made.next().ok_or_else(unanswered)?;
+            ids.push(rec.id);
+            if rec.state == DeliveryState::Dead {
+                dead.push((slot.req.ev.received_ms, rec.clone()));
+            }
+            if rec.state == DeliveryState::Leased {
+                let event = event.get_or_insert_with(|| Arc::new(slot.req.ev.event.clone()));
+                leased.push(Tokened {
+                    leased: Leased {
+                        delivery: rec,
+                        event: Arc::clone(event),
+                    },
+                    delivery_token: token,
+                });
+            }
+        }
+        outcomes.push((
             Committed::Accepted {
-                key: event_keys[i].clone(),
-                deliveries: Vec::new(),
+                key: slot.key.to_owned(),
+                deliveries: ids,
             },
-            Vec::new(),
+            leased,
         ));
-    }
-    for (p, (rec, token)) in planned.iter().zip(made) {
-        let Some((Committed::Accepted { deliveries, .. }, leased)) = &mut answers[p.req] else {
-            continue;
-        };
-        deliveries.push(rec.id);
-        if rec.state == DeliveryState::Dead {
-            dead.push((p.req, rec.clone()));
-        }
-        if rec.state == DeliveryState::Leased {
-            let event = events
-                .entry(p.req)
-                .or_insert_with(|| Arc::new(batch[p.req].ev.event.clone()));
-            leased.push(Tokened {
-                leased: Leased {
-                    delivery: rec,
-                    event: Arc::clone(event),
-                },
-                delivery_token: token,
-            });
-        }
     }
     // Deliveries that could not be planned are dead already; their rule's
     // on_failure deliveries commit with the event.
-    for (i, rec) in &dead {
-        let mut cx = Decider::new(store, &txn, batch[*i].ev.received_ms);
+    for (received_ms, rec) in &dead {
+        let mut cx = Decider::new(store, &txn, *received_ms);
         cx.failed_at_birth(rec).await?;
     }
     txn.commit().await.map_err(db_err)?;
-    let answers: Vec<(Committed, Vec<Tokened>)> = answers
-        .into_iter()
-        .map(|a| a.ok_or_else(|| StoreError::Corrupt("an event of the batch went unanswered".into())))
-        .collect::<Result<_, _>>()?;
+    let mut outcomes = outcomes.into_iter();
+    let answers = slots
+        .iter()
+        .map(|s| match &s.original {
+            Some(key) => Ok((Committed::Duplicate { key: key.clone() }, Vec::new())),
+            None => outcomes.next().ok_or_else(unanswered),
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     // Held only once the commit is known.
     {
         let mut held = store.held();
@@ -280,44 +299,50 @@ async fn commit_batch(
     Ok((answers, client))
 }
 
+fn unanswered() -> StoreError {
+    StoreError::Corrupt("fewer rows came back than were written".to_owned())
+}
+
 /// A leased delivery and its token, until the commit is known.
 struct Tokened {
     leased: Leased,
     delivery_token: Option<String>,
 }
 
-/// Claims the event-level dedup keys of a (sorted) batch: for each request,
-/// `None` if its event is accepted, or the key of the event holding its
-/// dedup key. Requests without a key are accepted.
+/// Claims the event-level dedup keys of a (sorted) batch, setting
+/// `original` on each request whose key is live. Requests without a key
+/// are accepted.
 ///
 /// A statement cannot touch one row twice, so two requests of the batch
 /// with the same key (a sender's retry racing its first try) go in
 /// successive statements, judged as if committed one after the other: the
 /// second finds the first's key live. That is rare; one statement is usual.
-async fn claim_event_keys(
-    txn: &Transaction<'_>,
-    batch: &[Request],
-    event_keys: &[String],
-) -> Result<Vec<Option<String>>, StoreError> {
-    let mut originals = vec![None; batch.len()];
+async fn claim_event_keys(txn: &Transaction<'_>, slots: &mut [Slot<'_>]) -> Result<(), StoreError> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut rounds: Vec<Vec<usize>> = Vec::new();
-    for (i, req) in batch.iter().enumerate() {
+    let mut rounds: Vec<Vec<&mut Slot>> = Vec::new();
+    for slot in slots.iter_mut() {
+        let req = slot.req;
         if req.ev.dedup_key.is_empty() {
             continue;
         }
         let r = seen.entry(req.ev.dedup_key.as_str()).or_insert(0);
-        if rounds.len() <= *r {
-            rounds.push(Vec::new());
+        match rounds.get_mut(*r) {
+            Some(round) => round.push(slot),
+            None => rounds.push(vec![slot]),
         }
-        rounds[*r].push(i);
         *r += 1;
     }
     for round in rounds {
-        let keys: Vec<&[u8]> = round.iter().map(|&i| batch[i].ev.dedup_key.as_bytes()).collect();
-        let owners: Vec<&str> = round.iter().map(|&i| event_keys[i].as_str()).collect();
-        let until: Vec<i64> = round.iter().map(|&i| to_db(batch[i].ev.dedup_until_ms)).collect();
-        let received: Vec<i64> = round.iter().map(|&i| to_db(batch[i].ev.received_ms)).collect();
+        let keys: Vec<&[u8]> = round
+            .iter()
+            .map(|s| s.req.ev.dedup_key.as_bytes())
+            .collect();
+        let owners: Vec<&str> = round.iter().map(|s| s.key).collect();
+        let until: Vec<i64> = round
+            .iter()
+            .map(|s| to_db(s.req.ev.dedup_until_ms))
+            .collect();
+        let received: Vec<i64> = round.iter().map(|s| to_db(s.req.ev.received_ms)).collect();
         let stmt = txn.prepare_cached(CLAIM_EVENT_KEYS).await.map_err(db_err)?;
         let rows = txn
             .query(&stmt, &[&keys, &owners, &until, &received])
@@ -327,48 +352,49 @@ async fn claim_event_keys(
             .iter()
             .map(|r| col::<Vec<u8>>(r, "key"))
             .collect::<Result<HashSet<_>, _>>()?;
-        let lost: Vec<usize> = round
+        let lost: Vec<&mut Slot> = round
             .into_iter()
-            .filter(|&i| !claimed.contains(batch[i].ev.dedup_key.as_bytes()))
+            .filter(|s| !claimed.contains(s.req.ev.dedup_key.as_bytes()))
             .collect();
         if lost.is_empty() {
             continue;
         }
         // Read before the next round, which may take an expired key over.
-        let keys: Vec<&[u8]> = lost.iter().map(|&i| batch[i].ev.dedup_key.as_bytes()).collect();
+        let keys: Vec<&[u8]> = lost.iter().map(|s| s.req.ev.dedup_key.as_bytes()).collect();
         let stmt = txn.prepare_cached(ORIGINALS).await.map_err(db_err)?;
         let rows = txn.query(&stmt, &[&keys]).await.map_err(db_err)?;
         let mut holders = HashMap::with_capacity(rows.len());
         for r in &rows {
             holders.insert(col::<Vec<u8>>(r, "key")?, col::<String>(r, "event_key")?);
         }
-        for i in lost {
-            let holder = holders.get(batch[i].ev.dedup_key.as_bytes());
-            originals[i] = Some(holder.cloned().unwrap_or_default());
+        for slot in lost {
+            let holder = holders.get(slot.req.ev.dedup_key.as_bytes());
+            slot.original = Some(holder.cloned().unwrap_or_default());
         }
     }
-    Ok(originals)
+    Ok(())
 }
 
 /// The rows of the accepted events. The answer a `respond:` gave has a
 /// column of its own (the row is the redb row without it), so a duplicate
 /// reads it without decoding the event.
-async fn insert_events(
-    txn: &Transaction<'_>,
-    batch: &[Request],
-    event_keys: &[String],
-    accepted: &[usize],
-) -> Result<(), StoreError> {
+async fn insert_events(txn: &Transaction<'_>, accepted: &[&Slot<'_>]) -> Result<(), StoreError> {
     if accepted.is_empty() {
         return Ok(());
     }
-    let keys: Vec<&str> = accepted.iter().map(|&i| event_keys[i].as_str()).collect();
-    let received: Vec<i64> = accepted.iter().map(|&i| to_db(batch[i].ev.received_ms)).collect();
-    let dedup: Vec<&[u8]> = accepted.iter().map(|&i| batch[i].ev.dedup_key.as_bytes()).collect();
-    let rows: Vec<&[u8]> = accepted.iter().map(|&i| batch[i].row.as_slice()).collect();
+    let keys: Vec<&str> = accepted.iter().map(|s| s.key).collect();
+    let received: Vec<i64> = accepted
+        .iter()
+        .map(|s| to_db(s.req.ev.received_ms))
+        .collect();
+    let dedup: Vec<&[u8]> = accepted
+        .iter()
+        .map(|s| s.req.ev.dedup_key.as_bytes())
+        .collect();
+    let rows: Vec<&[u8]> = accepted.iter().map(|s| s.req.row.as_slice()).collect();
     let replies = accepted
         .iter()
-        .map(|&i| batch[i].ev.reply.as_ref().map(serde_json::to_vec).transpose())
+        .map(|s| s.req.ev.reply.as_ref().map(serde_json::to_vec).transpose())
         .collect::<Result<Vec<_>, _>>()?;
     let stmt = txn.prepare_cached(INSERT_EVENTS).await.map_err(db_err)?;
     txn.execute(&stmt, &[&keys, &received, &dedup, &rows, &replies])
@@ -377,21 +403,22 @@ async fn insert_events(
     Ok(())
 }
 
-/// Whether each accepted event's rule-level keys were fresh, by request:
-/// judged once per (rule, key) and event against keys recorded before it,
-/// so a rule's several actions sharing a key all stay. Events of the batch
-/// sharing a key go in successive statements, as in [`claim_event_keys`].
+/// Whether each accepted event's rule-level keys were fresh, one map per
+/// event in `accepted`'s order: judged once per (rule, key) and event
+/// against keys recorded before it, so a rule's several actions sharing a
+/// key all stay. Events of the batch sharing a key go in successive
+/// statements, as in [`claim_event_keys`].
 async fn claim_rule_keys<'a>(
     txn: &Transaction<'_>,
-    batch: &'a [Request],
-    accepted: &[usize],
+    accepted: &[&Slot<'a>],
 ) -> Result<Vec<HashMap<(&'a str, &'a str), bool>>, StoreError> {
-    let mut fresh: Vec<HashMap<(&str, &str), bool>> = vec![HashMap::new(); batch.len()];
+    let mut fresh: Vec<HashMap<(&str, &str), bool>> = vec![HashMap::new(); accepted.len()];
     let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
-    let mut rounds: Vec<Vec<(usize, &str, &str)>> = Vec::new();
-    for &i in accepted {
-        let mut wanted: Vec<(&str, &str)> = batch[i]
-            .ev
+    // (the event's position in `accepted`, the event, rule, key)
+    let mut rounds: Vec<Vec<(usize, &NewEvent, &str, &str)>> = Vec::new();
+    for (pos, slot) in accepted.iter().enumerate() {
+        let ev: &'a NewEvent = &slot.req.ev;
+        let mut wanted: Vec<(&str, &str)> = ev
             .deliveries
             .iter()
             .filter_map(|d| d.dedup_key.as_deref().map(|k| (d.rule.as_str(), k)))
@@ -400,20 +427,20 @@ async fn claim_rule_keys<'a>(
         wanted.dedup();
         for (rule, k) in wanted {
             let r = seen.entry((rule, k)).or_insert(0);
-            if rounds.len() <= *r {
-                rounds.push(Vec::new());
+            match rounds.get_mut(*r) {
+                Some(round) => round.push((pos, ev, rule, k)),
+                None => rounds.push(vec![(pos, ev, rule, k)]),
             }
-            rounds[*r].push((i, rule, k));
             *r += 1;
         }
     }
     for mut round in rounds {
         // The order the rows' locks are taken in, the same on every replica.
-        round.sort_unstable_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
-        let rules: Vec<&str> = round.iter().map(|e| e.1).collect();
-        let keys: Vec<&[u8]> = round.iter().map(|e| e.2.as_bytes()).collect();
-        let until: Vec<i64> = round.iter().map(|e| to_db(batch[e.0].ev.dedup_until_ms)).collect();
-        let received: Vec<i64> = round.iter().map(|e| to_db(batch[e.0].ev.received_ms)).collect();
+        round.sort_unstable_by(|a, b| (a.2, a.3).cmp(&(b.2, b.3)));
+        let rules: Vec<&str> = round.iter().map(|e| e.2).collect();
+        let keys: Vec<&[u8]> = round.iter().map(|e| e.3.as_bytes()).collect();
+        let until: Vec<i64> = round.iter().map(|e| to_db(e.1.dedup_until_ms)).collect();
+        let received: Vec<i64> = round.iter().map(|e| to_db(e.1.received_ms)).collect();
         let stmt = txn.prepare_cached(CLAIM_RULE_KEYS).await.map_err(db_err)?;
         let rows = txn
             .query(&stmt, &[&rules, &keys, &until, &received])
@@ -423,19 +450,18 @@ async fn claim_rule_keys<'a>(
             .iter()
             .map(|r| Ok((col::<String>(r, "rule")?, col::<Vec<u8>>(r, "key")?)))
             .collect::<Result<HashSet<_>, StoreError>>()?;
-        for (i, rule, k) in round {
+        for (pos, _, rule, k) in round {
             let won = claimed.contains(&(rule.to_owned(), k.as_bytes().to_vec()));
-            fresh[i].insert((rule, k), won);
+            if let Some(m) = fresh.get_mut(pos) {
+                m.insert((rule, k), won);
+            }
         }
     }
     Ok(fresh)
 }
 
-/// A delivery about to be inserted: the record it is created with, and the
-/// request of the batch it belongs to.
-pub(super) struct Planned {
-    /// The request's index in the batch (0 outside a batch).
-    req: usize,
+/// A delivery about to be inserted.
+struct Planned {
     /// As created; `id` is set by the insert. `Leased` means leased to
     /// this replica with a fresh token.
     doc: DeliveryRecord,
@@ -497,7 +523,7 @@ fn plan(
 async fn insert_deliveries(
     store: &PgStore,
     txn: &Transaction<'_>,
-    planned: &[Planned],
+    planned: &[&Planned],
 ) -> Result<Vec<(DeliveryRecord, Option<String>)>, StoreError> {
     if planned.is_empty() {
         return Ok(Vec::new());
@@ -515,7 +541,10 @@ async fn insert_deliveries(
         .iter()
         .map(|p| p.doc.state == DeliveryState::Leased)
         .collect();
-    let stmt = txn.prepare_cached(&INSERT_DELIVERIES).await.map_err(db_err)?;
+    let stmt = txn
+        .prepare_cached(&INSERT_DELIVERIES)
+        .await
+        .map_err(db_err)?;
     let rows = txn
         .query(
             &stmt,
@@ -573,8 +602,8 @@ pub(super) async fn insert(
     lease: bool,
 ) -> Result<(DeliveryRecord, Option<String>), StoreError> {
     let (doc, error) = plan(event_key, d, created_ms, due_ms, lease);
-    let planned = [Planned { req: 0, doc, error }];
-    insert_deliveries(store, txn, &planned)
+    let planned = Planned { doc, error };
+    insert_deliveries(store, txn, &[&planned])
         .await?
         .pop()
         .ok_or_else(|| StoreError::Corrupt("no delivery came back".to_owned()))
