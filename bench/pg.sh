@@ -52,12 +52,16 @@ fresh_schema() {
 drop_schema() { PGOPTIONS=-cclient_min_messages=warning psql "$PG_URL" -XAtqc "DROP SCHEMA IF EXISTS $1 CASCADE" >/dev/null; }
 
 # start_replica PORT ADMIN URL TAG: hookrouter on PostgreSQL; pid in LAST_PID.
+# Started in a folder of its own: on PostgreSQL, the shell actions' files
+# directory is `hookrouter-files` in the working directory.
 start_replica() {
     local port=$1 admin=$2 url=$3 tag=$4
     mkdir -p "$WORK/files-$tag"
+    cd "$WORK/files-$tag" || die "cannot enter $WORK/files-$tag"
     start_bg "$WORK/hookrouter-$tag.log" "$HOOKROUTER" --rules "$RULES" \
         --listen "127.0.0.1:$port" --admin "127.0.0.1:$admin" --store "$url" \
-        --data "$WORK/files-$tag/unused.redb" --log-level warn
+        --log-level warn
+    cd - >/dev/null || die "cannot return from $WORK/files-$tag"
     wait_port "$port"
 }
 
@@ -94,7 +98,8 @@ COMMIT;
 EOF
 
 # Diagnostic: the same rows and batching, one statement per row and table
-# (three round trips per event), as hookrouter's committer sends them.
+# (three round trips per event), as hookrouter's committer sent them
+# before it sent a batch as one statement per table.
 # write_row_script BATCH writes it to $WORK/insert-rows.sql.
 write_row_script() {
     local i f="$WORK/insert-rows.sql"

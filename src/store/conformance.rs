@@ -150,6 +150,7 @@ macro_rules! both {
 both!(
     commit_then_duplicate,
     duplicate_racing_on_two_handles,
+    concurrent_commits_answer_as_if_committed_one_at_a_time,
     lease_then_finish,
     retry_waits_for_its_due_time,
     replay_runs_again,
@@ -306,6 +307,81 @@ async fn duplicate_racing_on_two_handles(e: Engine) {
     }
     let depth = a.read(|s| s.queue_depth()).await.expect("depth");
     assert_eq!(depth.pending, 20, "one delivery set per event");
+}
+
+/// Many commits at once, so the committer batches them: retries of one
+/// event and a rule-level key shared by every event within a batch. Each
+/// answer is what committing them one after the other would give, and each
+/// delivery id names that event's delivery.
+async fn concurrent_commits_answer_as_if_committed_one_at_a_time(e: Engine) {
+    let s = e.store().clone();
+    let now = clock::now_ms();
+    let shared = |action| NewDelivery {
+        dedup_key: Some("same-release".to_owned()),
+        ..NewDelivery::new("r", ActionList::Actions, action, ActionType::Shell)
+    };
+    let mut tries = tokio::task::JoinSet::new();
+    for copy in 0..3 {
+        for n in 0..30 {
+            let s = s.clone();
+            let id = format!("ev-{n}");
+            let ev = event_with(
+                &id,
+                now + copy,
+                vec![
+                    shared(0),
+                    NewDelivery::new("plain", ActionList::Actions, 0, ActionType::Shell),
+                    shared(1),
+                ],
+            );
+            tries.spawn(async move { (id, s.commit(ev).await.expect("commit")) });
+        }
+    }
+    let mut accepted: BTreeMap<String, (String, Vec<DeliveryId>)> = BTreeMap::new();
+    let mut duplicates = Vec::new();
+    while let Some(done) = tries.join_next().await {
+        match done.expect("task") {
+            (id, Committed::Accepted { key, deliveries }) => {
+                assert!(
+                    accepted.insert(id.clone(), (key, deliveries)).is_none(),
+                    "{id} accepted twice"
+                );
+            }
+            (id, Committed::Duplicate { key }) => duplicates.push((id, key)),
+        }
+    }
+    assert_eq!(accepted.len(), 30, "one accepted per event");
+    assert_eq!(duplicates.len(), 60);
+    for (id, key) in &duplicates {
+        assert_eq!(&accepted[id].0, key, "a duplicate of {id} names its event");
+    }
+    // The rule-level key is fresh for one event only: its rule's two
+    // actions both stay there and nowhere else.
+    let mut keeping = 0;
+    for (id, (key, ids)) in &accepted {
+        let detail = event_of(&s, key).await.expect("stored");
+        assert_eq!(&detail.event.id, id);
+        let mut stored: Vec<_> = detail.deliveries.iter().map(|d| &d.record).collect();
+        stored.sort_by_key(|r| r.id);
+        let made: Vec<(&str, u32)> = stored.iter().map(|r| (r.rule.as_str(), r.action)).collect();
+        if made.len() == 3 {
+            keeping += 1;
+            assert_eq!(made, [("r", 0), ("plain", 0), ("r", 1)], "{id}");
+        } else {
+            assert_eq!(made, [("plain", 0)], "{id}");
+        }
+        let stored_ids: Vec<DeliveryId> = stored.iter().map(|r| r.id).collect();
+        assert_eq!(
+            ids, &stored_ids,
+            "{id}: the answer names its own deliveries"
+        );
+    }
+    assert_eq!(
+        keeping, 1,
+        "the shared rule-level key kept one event's actions"
+    );
+    let depth = s.read(|s| s.queue_depth()).await.expect("depth");
+    assert_eq!(depth.pending, 29 + 3);
 }
 
 async fn lease_then_finish(e: Engine) {

@@ -216,8 +216,8 @@ fn migrate_creates_the_schema_once() {
     );
     assert_eq!(
         tables.trim(),
-        "6",
-        "dedup, rule dedup, events, deliveries, attempts, schema"
+        "9",
+        "dedup, rule dedup, events, deliveries, attempts, schema, bursts, limit hits, limit next"
     );
 }
 
