@@ -546,8 +546,9 @@ async fn cancel_ends_waiting_and_marks_running(e: Engine) {
 
 /// Reactions as a rule with one `on_failure` and one `on_cancel` log
 /// action would give them; rule `lane`'s first action has `concurrency`.
-struct Reactions {
-    lane: Option<u32>,
+/// The redb engine's own tests use it too.
+pub(super) struct Reactions {
+    pub lane: Option<u32>,
 }
 
 impl FollowUps for Reactions {

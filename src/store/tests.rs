@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::conformance::Reactions;
 use super::ops::{self, KeyGen};
 use super::schema;
 use super::writer::{self, Op, Out};
@@ -1278,28 +1279,9 @@ async fn writer_stopped_waits_for_the_writer_and_says_why() {
 
 // ---- agent controls: groups, cancel, expiry, then: children ----
 
-/// Reactions as a rule with one `on_failure` and one `on_cancel` log
-/// action would give them.
-struct OneEach;
-
-impl FollowUps for OneEach {
-    fn on_failure(&self, rule: &str, failure: &FailureContext) -> Vec<NewDelivery> {
-        vec![NewDelivery {
-            on_failure: Some(failure.clone()),
-            ..NewDelivery::new(rule, ActionList::OnFailure, 0, ActionType::Log)
-        }]
-    }
-    fn on_cancel(&self, rule: &str, reason: &str) -> Vec<NewDelivery> {
-        vec![NewDelivery {
-            cancel_reason: Some(reason.to_owned()),
-            ..NewDelivery::new(rule, ActionList::OnCancel, 0, ActionType::Log)
-        }]
-    }
-}
-
 fn open_with_reactions(dir: &Path) -> Store {
     let store = open(dir);
-    store.set_follow_ups(std::sync::Arc::new(OneEach));
+    store.set_follow_ups(std::sync::Arc::new(Reactions { lane: None }));
     store
 }
 
